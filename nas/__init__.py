@@ -1,0 +1,1 @@
+"""opmix: search vision backbones that mix convolution and self-attention under a FLOP budget."""

@@ -1,0 +1,231 @@
+"""Building blocks shared by the operators, and structural re-parameterization.
+
+Re-parameterization follows RepVGG (Ding et al., CVPR 2021): a BatchNorm in eval mode is the affine map
+``y = (x - mean) * t + beta`` with ``t = gamma / sqrt(var + eps)``, so a conv followed by BN is one conv with
+weight ``W * t`` and bias ``beta + (b - mean) * t``; parallel linear branches of the same stride sum into
+one kernel once each is zero-padded to the largest kernel size.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def default_heads(dim: int, head_dim: float = 32) -> int:
+    """The head count for ``dim`` channels at about ``head_dim`` per head that divides ``dim`` exactly."""
+    heads = max(1, round(dim / head_dim))
+    while dim % heads:
+        heads -= 1
+    return heads
+
+
+def check_heads(name: str, dim: int, heads: int) -> int:
+    if heads < 1 or dim % heads:
+        raise ValueError(f"{name}: heads={heads} must be a positive divisor of the width {dim}; "
+                         f"pass heads= a divisor of {dim}, or leave it to the default")
+    return heads
+
+
+def fuse_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
+    """Fold an eval-mode BatchNorm that follows a linear map (weight, bias) into it."""
+    t = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    fused_bias = bn.bias - bn.running_mean * t
+    if bias is not None:
+        fused_bias = fused_bias + bias * t
+    return weight * t.reshape(shape), fused_bias
+
+
+def pad_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero-pad a (out, in, kh, kw) kernel to k x k around its centre (odd sizes)."""
+    p = (k - weight.shape[-1]) // 2
+    return F.pad(weight, (p, p, p, p)) if p else weight
+
+
+def identity_kernel(channels: int, groups: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    """A k x k grouped-conv kernel equal to the identity: 1 at the centre of channel i -> i."""
+    per_group = channels // groups
+    w = torch.zeros(channels, per_group, k, k, dtype=like.dtype, device=like.device)
+    idx = torch.arange(channels, device=like.device)
+    w[idx, idx % per_group, k // 2, k // 2] = 1.0
+    return w
+
+
+def conv_out(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+class ConvNormAct(nn.Module):
+    """Conv (padding k // 2, so the output is ceil(H / stride)) -> BatchNorm -> optional activation.
+
+    ``reparameterize()`` folds the BN into the conv and removes it.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                 act: type[nn.Module] | None = nn.ReLU, norm: bool = True, bias: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups,
+                              bias=bias or not norm)
+        self.bn = nn.BatchNorm2d(out_chs) if norm else None
+        self.act = act() if act is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x) if self.act is not None else x
+
+    def fused_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (weight, bias) of the conv with its BN folded in; valid before and after re-parameterizing."""
+        w, b = self.conv.weight, self.conv.bias
+        if self.bn is not None:
+            return fuse_bn(w, b, self.bn)
+        return w, b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        w, b = self.fused_weight_bias()
+        c = self.conv
+        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
+                         groups=c.groups, bias=True).to(w.device, w.dtype)
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+        self.conv, self.bn = conv, None
+
+
+class RepConv(nn.Module):
+    """Parallel conv + BN branches summed, re-parameterizable into one k x k conv (RepVGG / MobileOne).
+
+    Training form: ``num_branches`` k x k conv+BN branches, an optional 1x1 conv+BN "scale" branch, and a
+    BN-only identity branch when the shapes allow it (stride 1, in == out). Deploy form: one k x k conv with bias.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 num_branches: int = 1, scale_branch: bool = True, identity: bool = True):
+        super().__init__()
+        self.in_chs, self.out_chs, self.k, self.stride, self.groups = in_chs, out_chs, kernel_size, stride, groups
+        self.branches = nn.ModuleList(
+            ConvNormAct(in_chs, out_chs, kernel_size, stride, groups, act=None) for _ in range(num_branches))
+        self.scale = (ConvNormAct(in_chs, out_chs, 1, stride, groups, act=None)
+                      if scale_branch and kernel_size > 1 else None)
+        self.identity = nn.BatchNorm2d(out_chs) if identity and stride == 1 and in_chs == out_chs else None
+        self.reparam: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam is not None:
+            return self.reparam(x)
+        out = self.identity(x) if self.identity is not None else 0
+        if self.scale is not None:
+            out = out + self.scale(x)
+        for branch in self.branches:
+            out = out + branch(x)
+        return out
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.reparam is not None:
+            return
+        k = self.k
+        ref = self.branches[0].conv.weight
+        weight = torch.zeros(self.out_chs, self.in_chs // self.groups, k, k, dtype=ref.dtype, device=ref.device)
+        bias = torch.zeros(self.out_chs, dtype=ref.dtype, device=ref.device)
+        convs = list(self.branches) + ([self.scale] if self.scale is not None else [])
+        for branch in convs:
+            w, b = branch.fused_weight_bias()
+            weight += pad_kernel(w, k)
+            bias += b
+        if self.identity is not None:
+            w, b = fuse_bn(identity_kernel(self.out_chs, self.groups, k, ref), None, self.identity)
+            weight += w
+            bias += b
+        self.reparam = nn.Conv2d(self.in_chs, self.out_chs, k, self.stride, k // 2, groups=self.groups,
+                                 bias=True).to(ref.device, ref.dtype)
+        self.reparam.weight.copy_(weight)
+        self.reparam.bias.copy_(bias)
+        del self.branches, self.scale, self.identity
+        self.branches, self.scale, self.identity = nn.ModuleList(), None, None
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an (N, C, H, W) tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward on channels-last input: Linear -> GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al., 2018): global average pool -> 1x1 -> act -> 1x1 -> sigmoid gate."""
+
+    def __init__(self, chs: int, rd_chs: int, act: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        self.reduce = nn.Conv2d(chs, rd_chs, 1)
+        self.act = act()
+        self.expand = nn.Conv2d(rd_chs, chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
+
+
+def pool_ceil(stride: int) -> nn.Module:
+    """2x2 average pooling whose output is ceil(H / 2) at any size (a partial last window averages what it
+    covers); identity at stride 1."""
+    return nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
+
+
+def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Apply ``reparameterize()`` to every module that has it (children before parents) and return the model.
+
+    With ``inplace=False`` the model passed in is left untouched and a re-parameterized deep copy is returned.
+    """
+    import copy
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    for module in reversed(list(model.modules())):
+        fn = getattr(module, "reparameterize", None)
+        if callable(fn):
+            fn()
+    return model
+
+
+def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+
+
+@torch.no_grad()
+def fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> None:
+    """Fold an eval-mode BN that *precedes* an unpadded 1x1 conv into that conv, in place (exact)."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1:
+        raise ValueError("only a dense 1x1 conv can absorb the BatchNorm before it")
+    t = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * t
+    w = conv.weight[:, :, 0, 0]
+    bias = w @ shift + (conv.bias if conv.bias is not None else 0)
+    conv.weight.mul_(t[None, :, None, None])
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias)
+    else:
+        conv.bias.copy_(bias)

@@ -1,0 +1,70 @@
+"""The operator registry: a plain dict from name to factory.
+
+Every factory has the signature ``factory(in_chs, out_chs, stride=1, **kwargs) -> nn.Module`` and returns a
+whole residual unit. ``variants`` lists keyword sets that the test-suite builds besides the defaults (for
+instance Swin's shifted block), so that registering an operator is enough to have it tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+OpFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    factory: OpFactory
+    paper: str
+    family: str  # "conv", "local", "global" or "hybrid": where the op may sit in a space
+    variants: tuple[dict[str, Any], ...] = field(default=({},))
+
+
+_OPS: dict[str, OpSpec] = {}
+_FAMILIES = ("conv", "local", "global", "hybrid")
+
+
+def register_op(
+    name: str,
+    factory: OpFactory,
+    *,
+    paper: str,
+    family: str,
+    variants: tuple[dict[str, Any], ...] = ({},),
+) -> OpFactory:
+    """Add an operator to the catalog. Re-registering a name is refused, so two files cannot collide."""
+    if name in _OPS:
+        raise ValueError(f"operator {name!r} is already registered; pick another name")
+    if family not in _FAMILIES:
+        raise ValueError(f"operator {name!r}: family {family!r} is not one of {', '.join(_FAMILIES)}")
+    _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants))
+    return factory
+
+
+def get_spec(name: str) -> OpSpec:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown operator {name!r}; known operators: {', '.join(sorted(_OPS))}"
+        ) from None
+
+
+def list_ops() -> list[str]:
+    """Names of every registered operator, sorted."""
+    return sorted(_OPS)
+
+
+def create_op(name: str, in_chs: int, out_chs: int, stride: int = 1, **kwargs: Any) -> nn.Module:
+    """Build operator ``name`` mapping (N, in_chs, H, W) to (N, out_chs, ceil(H/stride), ceil(W/stride))."""
+    spec = get_spec(name)
+    if stride not in (1, 2):
+        raise ValueError(f"operator {name!r}: stride {stride!r} is not allowed; use 1 or 2")
+    for what, value in (("in_chs", in_chs), ("out_chs", out_chs)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"operator {name!r}: {what}={value!r} must be a positive integer")
+    return spec.factory(in_chs, out_chs, stride=stride, **kwargs)

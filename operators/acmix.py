@@ -1,0 +1,140 @@
+"""ACmix (Pan et al., "On the Integration of Self-Attention and Convolution", CVPR 2022).
+
+Three shared 1x1 projections give q, k, v. Two paths read them:
+- attention: local k_att x k_att (7) attention with a relative positional term from a 1x1 conv of the
+  normalised pixel coordinates (``layout="bottleneck"``, ACmix-ResNet), or Swin's (shifted) window
+  attention with a relative bias table (``layout="window"``, ACmix-Swin);
+- convolution: a light 1x1 "fc" maps the 3 x heads feature groups to k_conv^2 (9) maps per head-dim
+  channel, then a grouped k_conv x k_conv conv (groups = head dim) initialised as one-hot shift kernels.
+Output = rate1 * attention + rate2 * convolution, both scalars learned and initialised to 0.5 as in the
+official code.
+
+``layout="bottleneck"`` is the ResNet bottleneck with ACmix (4 heads) in place of the 3x3 conv, BN + ReLU
+after it; ``layout="window"`` is Swin's block (patch merging, LN, MLP) with ACmix as the token mixer,
+head dim 32, window 7, ``shift`` in alternate blocks.
+
+Departures: neighbours of the local attention that fall outside the map are masked out, where the official
+code reflection-pads (reflection is undefined on maps smaller than the kernel, which proxies meet). At
+deploy the BN after the bottleneck mixer folds: its scale into rate1 (which becomes per-channel) and into
+the shift conv, its shift into the shift conv's bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._attention import RelPosBias, local_attention, window_attention
+from ._layers import check_heads, default_heads, fuse_bn
+from ._registry import register_op
+from .resnet import Bottleneck
+from .swin import SwinBlock
+
+
+class ShiftConvPath(nn.Module):
+    """ACmix's convolution path on (B, C, H, W) q, k, v -> (B, C, ceil(H/s), ceil(W/s))."""
+
+    def __init__(self, dim: int, heads: int, kernel: int = 3, stride: int = 1):
+        super().__init__()
+        self.heads, self.kk = heads, kernel * kernel
+        head_dim = dim // heads
+        self.fc = nn.Conv2d(3 * heads, self.kk, 1, bias=False)
+        self.dep_conv = nn.Conv2d(self.kk * head_dim, dim, kernel, stride, kernel // 2, groups=head_dim)
+        with torch.no_grad():  # output channel o of a group sees input map i only at kernel cell i: a shift
+            shift = torch.zeros(self.kk, kernel, kernel)
+            cells = torch.arange(self.kk)
+            shift[cells, cells // kernel, cells % kernel] = 1.0
+            self.dep_conv.weight.copy_(shift.expand(dim, -1, -1, -1))
+            self.dep_conv.bias.zero_()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = q.shape
+        f = torch.cat([q, k, v], dim=1).view(b, 3 * self.heads, c // self.heads, h * w)
+        f = self.fc(f)  # (B, kk, head_dim, HW)
+        return self.dep_conv(f.transpose(1, 2).reshape(b, -1, h, w))
+
+
+def _rate() -> nn.Parameter:
+    return nn.Parameter(torch.tensor(0.5))
+
+
+class ACmixLocal(nn.Module):
+    """The bottleneck mixer: ACmix with local attention, then BN + ReLU."""
+
+    def __init__(self, dim: int, stride: int = 1, heads: int = 4, kernel_att: int = 7, kernel_conv: int = 3):
+        super().__init__()
+        self.heads, self.kernel_att, self.stride = heads, kernel_att, stride
+        self.q, self.k, self.v = (nn.Conv2d(dim, dim, 1) for _ in range(3))
+        self.pos = nn.Conv2d(2, dim // heads, 1)
+        self.conv_path = ShiftConvPath(dim, heads, kernel_conv, stride)
+        self.rate1, self.rate2 = _rate(), _rate()
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0)  # (1, 2, H, W)
+        att = local_attention(q, k, v, self.pos(grid), self.heads, self.kernel_att, self.stride)
+        rate1 = self.rate1 if self.rate1.dim() == 0 else self.rate1.view(1, -1, 1, 1)
+        out = rate1 * att + self.rate2 * self.conv_path(q, k, v)
+        if self.bn is not None:
+            out = self.bn(out)
+        return self.act(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        conv = self.conv_path.dep_conv
+        t = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        w, b = fuse_bn(conv.weight * self.rate2, conv.bias * self.rate2, self.bn)
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+        self.rate1 = nn.Parameter(self.rate1 * t)
+        self.rate2 = nn.Parameter(torch.ones_like(self.rate2))
+        self.bn = None
+
+
+class ACmixWindow(nn.Module):
+    """The Swin-block mixer on (B, H, W, C): ACmix with (shifted) window attention."""
+
+    def __init__(self, dim: int, heads: int, window: int = 7, shift: bool = False, kernel_conv: int = 3):
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.rel = RelPosBias(heads, window)
+        self.proj = nn.Linear(dim, dim)
+        self.conv_path = ShiftConvPath(dim, heads, kernel_conv, 1)
+        self.rate1, self.rate2 = _rate(), _rate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = self.proj(window_attention(q, k, v, self.heads, self.window, self.shift, self.rel))
+        conv = self.conv_path(*(t.permute(0, 3, 1, 2) for t in (q, k, v))).permute(0, 2, 3, 1)
+        return self.rate1 * att + self.rate2 * conv
+
+
+def acmix(in_chs: int, out_chs: int, stride: int = 1, layout: str = "bottleneck", heads: int | None = None,
+          head_dim: int = 32, kernel_att: int = 7, kernel_conv: int = 3, window: int = 7, shift: bool = False,
+          expansion: int = 4, mlp_ratio: float = 4.0) -> nn.Module:
+    if kernel_att % 2 == 0 or kernel_conv % 2 == 0:
+        raise ValueError(f"acmix: kernel_att={kernel_att} and kernel_conv={kernel_conv} must be odd (7 and 3)")
+    if layout == "bottleneck":
+        def mixer(mid: int, s: int) -> nn.Module:
+            h = check_heads("acmix", mid, heads or default_heads(mid, mid / 4))  # 4 heads as in ACmix-ResNet
+            return ACmixLocal(mid, s, h, kernel_att, kernel_conv)
+        return Bottleneck(in_chs, out_chs, stride, mixer, expansion=expansion)
+    if layout == "window":
+        h = check_heads("acmix", out_chs, heads or default_heads(out_chs, head_dim))
+        return SwinBlock(in_chs, out_chs, stride, lambda d: ACmixWindow(d, h, window, shift, kernel_conv),
+                         mlp_ratio)
+    raise ValueError(f"acmix: layout={layout!r} is not allowed; use 'bottleneck' (ACmix-ResNet) or "
+                     f"'window' (ACmix-Swin)")
+
+
+register_op("acmix", acmix, family="hybrid",
+            variants=({}, {"layout": "window"}, {"layout": "window", "shift": True}),
+            paper="Pan et al., On the Integration of Self-Attention and Convolution, CVPR 2022")

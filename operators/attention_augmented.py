@@ -1,0 +1,93 @@
+"""Attention-augmented convolution (Bello et al., "Attention Augmented Convolutional Networks", ICCV 2019).
+
+A k x k conv with out - d_v output channels, concatenated with global multi-head self-attention giving d_v
+channels (1x1 q, k, v projections; 2D relative logits from separate height and width embeddings; a 1x1
+output projection). d_k = 0.2 x out and d_v = 0.1 x out (the paper's kappa = 2 upsilon = 0.2), rounded up
+to a multiple of the heads; 8 heads (fewer when the width is too small for 8). As in AA-ResNet the
+augmented conv replaces the 3x3 conv of the ResNet bottleneck, followed by BN + ReLU.
+
+Departures: at stride 2 the attention runs on a 2x2 average-pooled input (ceil for odd maps), a choice the
+paper leaves open; relative embeddings have a fixed extent (``rel_extent``, default 14) and longer offsets
+share the edge entries, so the block runs at any resolution. Re-parameterization folds the BN into the
+conv (its first out - d_v channels) and into the output projection (the last d_v).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._attention import RelPosLogits, attend, merge_heads, split_heads
+from ._layers import fuse_bn, pool_ceil
+from ._registry import register_op
+from .resnet import Bottleneck
+
+
+def _round_up(x: float, m: int) -> int:
+    return max(m, m * math.ceil(x / m))
+
+
+class AugmentedConv(nn.Module):
+    def __init__(self, dim: int, stride: int = 1, heads: int | None = None, kappa: float = 0.2,
+                 upsilon: float = 0.1, kernel_size: int = 3, rel_extent: int = 14):
+        super().__init__()
+        heads = heads or max(1, min(8, dim // 8))
+        dk, dv = _round_up(kappa * dim, heads), _round_up(upsilon * dim, heads)
+        if dv >= dim:
+            raise ValueError(f"attention_augmented: width {dim} leaves no conv channels with d_v={dv} "
+                             f"({heads} heads); use a wider stage, fewer heads or a smaller upsilon")
+        self.heads, self.dk, self.dv = heads, dk, dv
+        self.conv = nn.Conv2d(dim, dim - dv, kernel_size, stride, kernel_size // 2, bias=False)
+        self.pool = pool_ceil(stride)
+        self.qkv = nn.Conv2d(dim, 2 * dk + dv, 1, bias=False)
+        self.rel = RelPosLogits(dk // heads, rel_extent)
+        self.proj = nn.Conv2d(dv, dv, 1)
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv(x)
+        xa = self.pool(x)
+        b, _, h, w = xa.shape
+        qkv = self.qkv(xa).flatten(2).transpose(1, 2)
+        q, k, v = (split_heads(t, self.heads) for t in qkv.split([self.dk, self.dk, self.dv], dim=-1))
+        q = q * (self.dk // self.heads) ** -0.5
+        att = merge_heads(attend(q, k, v, self.rel(q, h, w), scale=1.0)).transpose(1, 2).reshape(b, -1, h, w)
+        out = torch.cat([conv, self.proj(att)], dim=1)
+        if self.bn is not None:
+            out = self.bn(out)
+        return self.act(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        bn, split = self.bn, self.conv.out_channels
+        parts = []
+        for layer, rows in ((self.conv, slice(0, split)), (self.proj, slice(split, None))):
+            part = nn.BatchNorm2d(layer.out_channels).to(bn.weight.device)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(part, name).data.copy_(getattr(bn, name)[rows])
+            part.eps = bn.eps
+            w, b = fuse_bn(layer.weight, layer.bias, part)
+            fused = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                              layer.padding, bias=True).to(w.device, w.dtype)
+            fused.weight.copy_(w)
+            fused.bias.copy_(b)
+            parts.append(fused)
+        self.conv, self.proj = parts
+        self.bn = None
+
+
+def attention_augmented(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None,
+                        kappa: float = 0.2, upsilon: float = 0.1, expansion: int = 4,
+                        rel_extent: int = 14) -> nn.Module:
+    return Bottleneck(in_chs, out_chs, stride,
+                      lambda mid, s: AugmentedConv(mid, s, heads, kappa, upsilon, 3, rel_extent),
+                      expansion=expansion)
+
+
+register_op("attention_augmented", attention_augmented, family="global",
+            paper="Bello et al., Attention Augmented Convolutional Networks, ICCV 2019")

@@ -1,0 +1,73 @@
+"""ConvNeXt block (Liu et al., "A ConvNet for the 2020s", CVPR 2022).
+
+depthwise 7x7 -> LayerNorm -> 1x1 (4x) -> GELU -> 1x1 -> layer scale (init 1e-6) -> + x. When the stride or
+width changes, the block starts with ConvNeXt's own downsampling layer, LayerNorm + 2x2 stride-2 conv (odd
+maps are zero-padded on the bottom/right so the output is ceil(H/2)); at stride 1 with a width change the
+conv is 1x1. Drop-path is left to the trainer (off by default here, as for a proxy).
+
+Re-parameterization: the layer scale folds into the last 1x1 conv. There is no BatchNorm to fold.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import LayerNorm2d
+from ._registry import register_op
+
+
+class PatchDown(nn.Module):
+    """LayerNorm then a stride x stride conv with stride ``stride`` (ConvNeXt's downsampling layer)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.norm = LayerNorm2d(in_chs, eps=1e-6)
+        self.conv = nn.Conv2d(in_chs, out_chs, stride, stride)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        if self.stride > 1:
+            x = F.pad(x, (0, x.shape[-1] % self.stride, 0, x.shape[-2] % self.stride))
+        return self.conv(x)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, kernel_size: int = 7, mlp_ratio: float = 4.0,
+                 layer_scale: float = 1e-6):
+        super().__init__()
+        self.down = PatchDown(in_chs, out_chs, stride) if stride > 1 or in_chs != out_chs else nn.Identity()
+        self.dw = nn.Conv2d(out_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=out_chs)
+        self.norm = nn.LayerNorm(out_chs, eps=1e-6)
+        hidden = max(1, round(out_chs * mlp_ratio))
+        self.pw1 = nn.Linear(out_chs, hidden)
+        self.act = nn.GELU()
+        self.pw2 = nn.Linear(hidden, out_chs)
+        self.gamma = nn.Parameter(torch.full((out_chs,), layer_scale)) if layer_scale > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(self.act(self.pw1(self.norm(y))))
+        if self.gamma is not None:
+            y = y * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.gamma is None:
+            return
+        self.pw2.weight.mul_(self.gamma[:, None])
+        self.pw2.bias.mul_(self.gamma)
+        self.gamma = None
+
+
+def convnext(in_chs: int, out_chs: int, stride: int = 1, kernel_size: int = 7, mlp_ratio: float = 4.0,
+             layer_scale: float = 1e-6) -> nn.Module:
+    return ConvNeXtBlock(in_chs, out_chs, stride, kernel_size, mlp_ratio, layer_scale)
+
+
+register_op("convnext", convnext, family="conv",
+            paper="Liu et al., A ConvNet for the 2020s, CVPR 2022")

@@ -1,0 +1,62 @@
+"""MBConv with squeeze-excitation, in the pre-norm form of CoAtNet's C stages.
+
+Papers: Sandler et al., "MobileNetV2", CVPR 2018 (inverted residual); Tan & Le, "EfficientNet", ICML 2019
+(SE); Dai et al., "CoAtNet: Marrying Convolution and Attention for All Data Sizes", NeurIPS 2021 (pre-norm,
+GELU, expansion 4, downsampling shortcut ``Proj(Pool(x))``).
+
+Residual branch: BN -> 1x1 expand (4 x out) + BN + GELU -> depthwise 3x3 (the stride) + BN + GELU -> SE
+(reduction to 0.25 x in_chs, EfficientNet's convention) -> 1x1 project. Shortcut: identity, or 2x2 average
+pooling (stride 2, ceil for odd sizes) and a 1x1 conv when the shape changes.
+
+Re-parameterization: every BN that follows a conv folds into it, and the pre-norm BN folds into the 1x1
+expand conv that follows it (exact, because that conv is 1x1 and unpadded).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._layers import ConvNormAct, SqueezeExcite, fold_bn_into_next_conv, pool_ceil
+from ._registry import register_op
+
+
+class MBConv(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expansion: float = 4.0,
+                 se_ratio: float = 0.25, kernel_size: int = 3):
+        super().__init__()
+        mid = max(1, round(out_chs * expansion))
+        self.pre_norm = nn.BatchNorm2d(in_chs)
+        self.expand = ConvNormAct(in_chs, mid, 1, act=nn.GELU)
+        self.dw = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, act=nn.GELU)
+        self.se = SqueezeExcite(mid, max(1, round(in_chs * se_ratio)), act=nn.GELU) if se_ratio > 0 else nn.Identity()
+        self.project = nn.Conv2d(mid, out_chs, 1)
+        if stride == 1 and in_chs == out_chs:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(pool_ceil(stride), nn.Conv2d(in_chs, out_chs, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pre_norm(x) if self.pre_norm is not None else x
+        y = self.project(self.se(self.dw(self.expand(y))))
+        return self.shortcut(x) + y
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.pre_norm is None:
+            return
+        self.expand.reparameterize()  # the expand conv must carry its own BN already
+        fold_bn_into_next_conv(self.pre_norm, self.expand.conv)
+        self.pre_norm = None
+
+
+def mbconv(in_chs: int, out_chs: int, stride: int = 1, expansion: float = 4.0, se_ratio: float = 0.25,
+           kernel_size: int = 3) -> nn.Module:
+    if kernel_size % 2 == 0:
+        raise ValueError(f"mbconv: kernel_size={kernel_size} must be odd (3, 5, 7)")
+    return MBConv(in_chs, out_chs, stride, expansion, se_ratio, kernel_size)
+
+
+register_op("mbconv", mbconv, family="conv", variants=({}, {"kernel_size": 5, "expansion": 6}),
+            paper="Dai et al., CoAtNet: Marrying Convolution and Attention for All Data Sizes, NeurIPS 2021; "
+                  "Sandler et al., MobileNetV2, CVPR 2018")

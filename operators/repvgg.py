@@ -1,0 +1,58 @@
+"""Structurally re-parameterized plain convolutions.
+
+``repvgg`` (Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021): in training, a 3x3
+conv+BN, a 1x1 conv+BN and, when in == out and stride 1, an identity BN, summed, then ReLU. At deploy the
+branches fuse into one 3x3 conv with bias followed by ReLU. No departures.
+
+``mobileone`` (Vasu et al., "MobileOne: An Improved One millisecond Mobile Backbone", CVPR 2023): a depthwise
+3x3 unit (``k`` 3x3 conv+BN branches, a 1x1 "scale" conv+BN branch, an identity BN when shapes allow) ->
+ReLU -> a pointwise unit (``k`` 1x1 conv+BN branches and an identity BN) -> ReLU. At deploy each unit is one
+conv: a depthwise 3x3 then a 1x1, which is the paper's deploy form (the paper's "one conv" is per unit).
+``k`` defaults to 1 (MobileOne-S1..S4); S0 uses 4. Neither block has a residual shortcut at deploy, which
+is the point of both papers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._layers import RepConv
+from ._registry import register_op
+
+
+class RepVGGBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv = RepConv(in_chs, out_chs, 3, stride, groups, num_branches=1, scale_branch=True)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+class MobileOneBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, num_branches: int = 1):
+        super().__init__()
+        self.depthwise = RepConv(in_chs, in_chs, 3, stride, groups=in_chs, num_branches=num_branches)
+        self.pointwise = RepConv(in_chs, out_chs, 1, 1, num_branches=num_branches)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.pointwise(self.act(self.depthwise(x))))
+
+
+def repvgg(in_chs: int, out_chs: int, stride: int = 1, groups: int = 1) -> nn.Module:
+    return RepVGGBlock(in_chs, out_chs, stride, groups)
+
+
+def mobileone(in_chs: int, out_chs: int, stride: int = 1, num_branches: int = 1) -> nn.Module:
+    if num_branches < 1:
+        raise ValueError(f"mobileone: num_branches={num_branches} must be >= 1 (the paper uses 1 to 4)")
+    return MobileOneBlock(in_chs, out_chs, stride, num_branches)
+
+
+register_op("repvgg", repvgg, family="conv",
+            paper="Ding et al., RepVGG: Making VGG-style ConvNets Great Again, CVPR 2021")
+register_op("mobileone", mobileone, family="conv", variants=({}, {"num_branches": 3}),
+            paper="Vasu et al., MobileOne: An Improved One millisecond Mobile Backbone, CVPR 2023")

@@ -1,0 +1,73 @@
+"""ResNet residual units (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016).
+
+``resnet_basic``: 3x3 -> 3x3, BN after each conv. ``resnet_bottleneck``: 1x1 reduce (out / 4) -> 3x3 -> 1x1
+expand, with the stride on the 3x3 as in torchvision's "v1.5" ResNet-50. The shortcut is a 1x1 conv + BN
+projection whenever the stride or width changes (option B of the paper).
+
+``Bottleneck`` takes the spatial mixer as a factory, so the attention variants of ResNet-50 (BoTNet,
+ACmix-ResNet, X-volution, attention-augmented ResNet) replace the 3x3 conv and keep everything else.
+Departures: none beyond torchvision's stride placement.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._layers import ConvNormAct
+from ._registry import register_op
+
+# mixer(mid_chs, stride) -> module mapping (N, mid, H, W) to (N, mid, ceil(H/s), ceil(W/s)), BN + ReLU included
+MixerFactory = Callable[[int, int], nn.Module]
+
+
+def projection(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+    """Identity when shapes match, else a strided 1x1 conv + BN (ResNet option B)."""
+    if stride == 1 and in_chs == out_chs:
+        return nn.Identity()
+    return ConvNormAct(in_chs, out_chs, 1, stride, act=None)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = ConvNormAct(in_chs, out_chs, 3, stride)
+        self.conv2 = ConvNormAct(out_chs, out_chs, 3, act=None)
+        self.shortcut = projection(in_chs, out_chs, stride)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> mixer (carries the stride) -> 1x1 expand, BN after each, plus the shortcut."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, mixer: MixerFactory | None = None,
+                 expansion: int = 4, mid_chs: int | None = None):
+        super().__init__()
+        mid = mid_chs or max(1, out_chs // expansion)
+        mixer = mixer or (lambda c, s: ConvNormAct(c, c, 3, s))
+        self.reduce = ConvNormAct(in_chs, mid, 1)
+        self.mixer = mixer(mid, stride)
+        self.expand = ConvNormAct(mid, out_chs, 1, act=None)
+        self.shortcut = projection(in_chs, out_chs, stride)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.expand(self.mixer(self.reduce(x))) + self.shortcut(x))
+
+
+def resnet_basic(in_chs: int, out_chs: int, stride: int = 1) -> nn.Module:
+    return BasicBlock(in_chs, out_chs, stride)
+
+
+def resnet_bottleneck(in_chs: int, out_chs: int, stride: int = 1, expansion: int = 4) -> nn.Module:
+    return Bottleneck(in_chs, out_chs, stride, expansion=expansion)
+
+
+PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
+register_op("resnet_basic", resnet_basic, paper=PAPER, family="conv")
+register_op("resnet_bottleneck", resnet_bottleneck, paper=PAPER, family="conv")

@@ -1,0 +1,128 @@
+"""The operator contract, checked for every registered operator and each of its test variants."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import operators
+from nas.flops import count_flops, unsupported_ops
+
+CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
+IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+SIZES = [(1, 1), (7, 9), (15, 15), (56, 56)]
+
+
+def _out(size: int, stride: int) -> int:
+    return math.ceil(size / stride)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_output_shape_at_any_size(name, kw, stride):
+    in_chs, out_chs = 16, 32
+    op = operators.create_op(name, in_chs, out_chs, stride, **kw)
+    for h, w in SIZES:
+        y = op(torch.randn(2, in_chs, h, w))
+        assert y.shape == (2, out_chs, _out(h, stride), _out(w, stride)), (h, w)
+        assert torch.isfinite(y).all(), (h, w)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_same_width_stride_one_keeps_shape(name, kw):
+    op = operators.create_op(name, 32, 32, 1, **kw)
+    assert op(torch.randn(1, 32, 7, 9)).shape == (1, 32, 7, 9)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_gradients_reach_every_parameter(name, kw):
+    op = operators.create_op(name, 16, 32, 2, **kw)
+    op(torch.randn(2, 16, 15, 15)).square().mean().backward()
+    for pname, p in op.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+def _train_a_little(op: nn.Module, in_chs: int, steps: int = 4) -> None:
+    """A few SGD steps so that BN running statistics and weights are no longer at their initial values."""
+    opt = torch.optim.SGD(op.parameters(), lr=0.05, momentum=0.9)
+    op.train()
+    for _ in range(steps):
+        x = torch.randn(4, in_chs, 12, 12)
+        loss = (op(x) - 1.0).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # move every parameter off its init (layer scales, BN affines, rates, ...)
+        for p in op.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+
+def _num_modules(m: nn.Module) -> int:
+    return sum(1 for _ in m.modules())
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+@pytest.mark.parametrize("stride,in_chs,out_chs", [(1, 32, 32), (2, 16, 32)])
+def test_deploy_form_is_equivalent(name, kw, stride, in_chs, out_chs):
+    op = operators.create_op(name, in_chs, out_chs, stride, **kw)
+    _train_a_little(op, in_chs)
+    op.eval()
+    deploy = operators.reparameterize_model(op)
+    assert deploy is not op
+    for h, w in [(1, 1), (7, 9), (16, 16)]:
+        x = torch.randn(2, in_chs, h, w)
+        with torch.no_grad():
+            torch.testing.assert_close(deploy(x), op(x), rtol=1e-4, atol=1e-5)
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in op.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deploy.modules()), "a BatchNorm survived"
+    if has_bn:
+        assert _num_modules(deploy) < _num_modules(op)
+    else:
+        assert _num_modules(deploy) <= _num_modules(op)
+    # Re-parameterizing twice is harmless, and inplace=False left the trained model in training form.
+    again = operators.reparameterize_model(deploy)
+    with torch.no_grad():
+        x = torch.randn(1, in_chs, 9, 9)
+        torch.testing.assert_close(again(x), deploy(x))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in op.modules()) == has_bn
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_flops_are_counted_without_unknown_ops(name, kw):
+    op = operators.create_op(name, 32, 64, 2, **kw)
+    for deploy in (True, False):
+        assert not unsupported_ops(op, (1, 32, 28, 28), deploy=deploy)
+    before = copy.deepcopy(op.state_dict())
+    flops = count_flops(op, (1, 32, 28, 28))
+    assert flops > 0
+    for key, value in op.state_dict().items():  # counting never modifies the model
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_unknown_operator_lists_the_known_ones():
+    with pytest.raises(KeyError, match="resnet_basic"):
+        operators.create_op("resnet_basik", 8, 8)
+
+
+@pytest.mark.parametrize("bad", [dict(stride=3), dict(in_chs=0), dict(out_chs=-4)])
+def test_bad_arguments_are_refused(bad):
+    args = dict(in_chs=8, out_chs=8, stride=1) | bad
+    with pytest.raises(ValueError, match="operator 'repvgg'"):
+        operators.create_op("repvgg", **args)
+
+
+@pytest.mark.parametrize("name", ["swin", "transformer"])
+def test_heads_that_do_not_divide_the_width_are_refused(name):
+    with pytest.raises(ValueError, match="divisor of 96"):
+        operators.create_op(name, 96, 96, heads=5)
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        operators.register_op("repvgg", operators.get_spec("repvgg").factory, paper="x", family="conv")
