@@ -1,0 +1,89 @@
+"""CPU forward latency of every operator in training form and deploy form, with FLOPs.
+
+Prints one row per operator and shape: median latency of the training form (eval mode) and of the
+re-parameterized deploy form, their ratio, and the deploy-form FLOPs (multiply-adds). Then the time
+``count_flops`` takes on a four-stage network at 224 px. Usage:
+
+    python benchmarks/bench_operators.py [--batch 1] [--repeats 30] [--threads N] [--ops swin,acmix]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import operators
+from nas.flops import count_flops, format_flops
+
+SHAPES = [(64, 56), (256, 14)]  # (channels, side): stage 1 and stage 3 of a 224-px network
+
+
+def median_ms(models: list[nn.Module], x: torch.Tensor, repeats: int) -> list[float]:
+    """Median latency of each model; runs are interleaved so that drift and noise hit all models alike."""
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        for model in models:
+            model(x)
+            model(x)
+        for _ in range(repeats):
+            for model, ts in zip(models, times):
+                t0 = time.perf_counter()
+                model(x)
+                ts.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(ts) for ts in times]
+
+
+def four_stage_network() -> nn.Module:
+    """A 224-px, four-stage hybrid (conv, conv, window attention, global attention) for timing count_flops."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 4, 4)]
+    plan = [("resnet_bottleneck", 64, 3), ("mbconv", 128, 3), ("swin", 256, 6), ("transformer", 512, 2)]
+    cin = 64
+    for i, (name, width, depth) in enumerate(plan):
+        for j in range(depth):
+            kw = {"shift": bool(j % 2)} if name == "swin" else {}
+            layers.append(operators.create_op(name, cin, width, 2 if (i and not j) else 1, **kw))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
+    return nn.Sequential(*layers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--ops", default="", help="comma-separated subset of operators (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.ops.split(",") if n] or operators.list_ops()
+
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}")
+    header = f"{'operator':22s} {'shape':>12s} {'train ms':>9s} {'deploy ms':>9s} {'ratio':>6s} {'FLOPs':>9s} {'train FLOPs':>11s}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        for chs, side in SHAPES:
+            torch.manual_seed(0)
+            op = operators.create_op(name, chs, chs).eval()
+            deploy = operators.reparameterize_model(op)
+            x = torch.randn(args.batch, chs, side, side)
+            t_train, t_deploy = median_ms([op, deploy], x, args.repeats)
+            shape = (1, chs, side, side)
+            print(f"{name:22s} {f'{chs}x{side}x{side}':>12s} {t_train:9.2f} {t_deploy:9.2f} "
+                  f"{t_train / t_deploy:6.2f} {format_flops(count_flops(op, shape)):>9s} "
+                  f"{format_flops(count_flops(op, shape, deploy=False)):>11s}", flush=True)
+
+    net = four_stage_network()
+    t0 = time.perf_counter()
+    flops = count_flops(net)
+    elapsed = time.perf_counter() - t0
+    print(f"\ncount_flops on a four-stage network (bottleneck/mbconv/swin/transformer, 224 px): "
+          f"{format_flops(flops)} in {elapsed:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
