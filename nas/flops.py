@@ -149,3 +149,19 @@ def format_flops(flops: float) -> str:
         if abs(flops) >= scale:
             return f"{flops / scale:.3g} {unit}"
     return f"{flops:.0f}"
+
+
+def stage_breakdown(model: nn.Module, input_shape: tuple[int, ...], deploy: bool = True) -> dict[str, int]:
+    """FLOPs of each top-level part of an opmix network: ``stem``, ``stages.0`` ... , ``head``."""
+    net = _deploy_copy(model, deploy)
+    with torch.no_grad():
+        analysis = flop_analysis(net, (_example(net, input_shape),))
+        per_module = analysis.by_module()
+    names = ["stem", *(f"stages.{i}" for i in range(len(getattr(net, "stages", [])))), "head"]
+    return {name: int(per_module.get(name, 0)) for name in names}
+
+
+if __name__ == "__main__":
+    from ._flops_cli import main
+
+    main()

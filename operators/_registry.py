@@ -22,6 +22,15 @@ class OpSpec:
     paper: str
     family: str  # "conv", "local", "global" or "hybrid": where the op may sit in a space
     variants: tuple[dict[str, Any], ...] = field(default=({},))
+    # boolean keywords that alternate block by block inside a stage (Swin's shift): False, True, False, ...
+    alternate: tuple[str, ...] = ()
+
+    def keywords(self) -> tuple[str, ...]:
+        """The keyword arguments the factory accepts besides in_chs, out_chs and stride."""
+        import inspect
+
+        params = inspect.signature(self.factory).parameters
+        return tuple(n for n in params if n not in ("in_chs", "out_chs", "stride"))
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -35,13 +44,14 @@ def register_op(
     paper: str,
     family: str,
     variants: tuple[dict[str, Any], ...] = ({},),
+    alternate: tuple[str, ...] = (),
 ) -> OpFactory:
     """Add an operator to the catalog. Re-registering a name is refused, so two files cannot collide."""
     if name in _OPS:
         raise ValueError(f"operator {name!r} is already registered; pick another name")
     if family not in _FAMILIES:
         raise ValueError(f"operator {name!r}: family {family!r} is not one of {', '.join(_FAMILIES)}")
-    _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants))
+    _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants), tuple(alternate))
     return factory
 
 

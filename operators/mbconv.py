@@ -4,12 +4,14 @@ Papers: Sandler et al., "MobileNetV2", CVPR 2018 (inverted residual); Tan & Le, 
 (SE); Dai et al., "CoAtNet: Marrying Convolution and Attention for All Data Sizes", NeurIPS 2021 (pre-norm,
 GELU, expansion 4, downsampling shortcut ``Proj(Pool(x))``).
 
-Residual branch: BN -> 1x1 expand (4 x out) + BN + GELU -> depthwise 3x3 (the stride) + BN + GELU -> SE
-(reduction to 0.25 x in_chs, EfficientNet's convention) -> 1x1 project. Shortcut: identity, or 2x2 average
-pooling (stride 2, ceil for odd sizes) and a 1x1 conv when the shape changes.
+Residual branch: BN -> 1x1 expand (4 x out; carries the stride, as in CoAtNet's
+``Conv(DepthConv(Conv(Norm(x), stride=2)))``) + BN + GELU -> depthwise 3x3 + BN + GELU -> SE (reduction to
+0.25 x in_chs, EfficientNet's convention) -> 1x1 project. Shortcut: identity, or 2x2 average pooling
+(stride 2, ceil for odd sizes) and a 1x1 conv when the shape changes. MobileNetV2 and EfficientNet put the
+stride on the depthwise conv instead; CoAtNet's placement costs a quarter of the expand conv's FLOPs.
 
 Re-parameterization: every BN that follows a conv folds into it, and the pre-norm BN folds into the 1x1
-expand conv that follows it (exact, because that conv is 1x1 and unpadded).
+expand conv that follows it (exact, because that conv is 1x1 and unpadded, at any stride).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class MBConv(nn.Module):
         super().__init__()
         mid = max(1, round(out_chs * expansion))
         self.pre_norm = nn.BatchNorm2d(in_chs)
-        self.expand = ConvNormAct(in_chs, mid, 1, act=nn.GELU)
-        self.dw = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, act=nn.GELU)
+        self.expand = ConvNormAct(in_chs, mid, 1, stride, act=nn.GELU)
+        self.dw = ConvNormAct(mid, mid, kernel_size, 1, groups=mid, act=nn.GELU)
         self.se = SqueezeExcite(mid, max(1, round(in_chs * se_ratio)), act=nn.GELU) if se_ratio > 0 else nn.Identity()
         self.project = nn.Conv2d(mid, out_chs, 1)
         if stride == 1 and in_chs == out_chs:

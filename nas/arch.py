@@ -1,0 +1,197 @@
+"""``Arch``: one architecture, a frozen and hashable point of a search space, and its YAML form.
+
+An Arch says everything the builder needs: the input (channels, size, classes), the stem, per stage the
+operator, its parameters, width (the stage's output channels), depth and the stride of its first block,
+and the head. Its YAML is what references, ``runs/`` and the export store, and it round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Arch", "StageArch", "StemArch", "HeadArch", "load_arch", "dump_arch", "ArchError",
+           "STEM_TYPES", "HEAD_TYPES", "DOWNSAMPLE_TYPES"]
+
+# stem type -> its output stride (the 'small' stem is what proxies use on 28-32 px images)
+STEM_TYPES = {"conv7_pool": 4, "patch4": 4, "conv3x2": 2, "repvgg": 2, "small": 1}
+HEAD_TYPES = ("pool_linear", "norm_pool_linear", "pool_norm_linear")
+# how a stage whose first block strides or widens gets there: inside its first op, or a separate layer first
+DOWNSAMPLE_TYPES = ("op", "conv", "patch")
+
+Scalar = int | float | str | bool
+
+
+class ArchError(ValueError):
+    """An architecture file or mapping that does not describe a valid Arch."""
+
+
+@dataclass(frozen=True)
+class StemArch:
+    type: str
+    width: int
+
+
+@dataclass(frozen=True)
+class HeadArch:
+    type: str = "pool_linear"
+    hidden: int = 0  # a pre-logits Linear + activation of this width before the classifier (0: none)
+
+
+@dataclass(frozen=True)
+class StageArch:
+    op: str
+    width: int
+    depth: int
+    stride: int = 2
+    params: tuple[tuple[str, Scalar], ...] = ()
+    downsample: str = "op"
+
+    @property
+    def kwargs(self) -> dict[str, Scalar]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Arch:
+    stem: StemArch
+    stages: tuple[StageArch, ...]
+    head: HeadArch = field(default_factory=HeadArch)
+    in_chans: int = 3
+    num_classes: int = 1000
+    input_size: int = 224
+
+    @property
+    def output_strides(self) -> tuple[int, ...]:
+        """The output stride of every stage at the target input (stem stride times the stage strides)."""
+        strides, total = [], STEM_TYPES[self.stem.type]
+        for stage in self.stages:
+            total *= stage.stride
+            strides.append(total)
+        return tuple(strides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": {"channels": self.in_chans, "size": self.input_size, "classes": self.num_classes},
+            "stem": {"type": self.stem.type, "width": self.stem.width},
+            "stages": [
+                {"op": s.op, "width": s.width, "depth": s.depth, "stride": s.stride,
+                 **({"downsample": s.downsample} if s.downsample != "op" else {}),
+                 **({"params": dict(s.params)} if s.params else {})}
+                for s in self.stages
+            ],
+            "head": {"type": self.head.type, **({"hidden": self.head.hidden} if self.head.hidden else {})},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "arch") -> Arch:
+        r = _Reader(source)
+        top = r.mapping(data, "", {"input", "stem", "stages", "head"}, required={"stem", "stages"})
+        inp = r.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
+        stem = r.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
+        head = r.mapping(top.get("head", {}), "head", {"type", "hidden"})
+        stages_raw = top["stages"]
+        if not isinstance(stages_raw, list) or not stages_raw:
+            raise r.error("stages", f"is {stages_raw!r}", "a non-empty list of stages")
+        stages = []
+        for i, raw in enumerate(stages_raw):
+            key = f"stages[{i}]"
+            s = r.mapping(raw, key, {"op", "width", "depth", "stride", "params", "downsample"},
+                          required={"op", "width", "depth"})
+            params = r.mapping(s.get("params", {}), f"{key}.params", None)
+            for name, value in params.items():
+                if not isinstance(value, (int, float, str, bool)):
+                    raise r.error(f"{key}.params.{name}", f"is {value!r}", "a single number, string or boolean")
+            stages.append(StageArch(
+                op=r.op_name(s["op"], f"{key}.op"),
+                width=r.positive_int(s["width"], f"{key}.width"),
+                depth=r.positive_int(s["depth"], f"{key}.depth"),
+                stride=r.one_of(s.get("stride", 2), f"{key}.stride", (1, 2)),
+                params=tuple(sorted(params.items())),
+                downsample=r.one_of(s.get("downsample", "op"), f"{key}.downsample", DOWNSAMPLE_TYPES),
+            ))
+        return cls(
+            stem=StemArch(r.one_of(stem["type"], "stem.type", tuple(STEM_TYPES)),
+                          r.positive_int(stem["width"], "stem.width")),
+            stages=tuple(stages),
+            head=HeadArch(r.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
+                          r.non_negative_int(head.get("hidden", 0), "head.hidden")),
+            in_chans=r.positive_int(inp.get("channels", 3), "input.channels"),
+            num_classes=r.positive_int(inp.get("classes", 1000), "input.classes"),
+            input_size=r.positive_int(inp.get("size", 224), "input.size"),
+        )
+
+
+def load_arch(path: str | Path) -> Arch:
+    """Read an Arch from a YAML file (safe_load only)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ArchError(f"{path}: cannot be read ({exc.strerror}); give the path of an arch YAML file") from None
+    except yaml.YAMLError as exc:
+        raise ArchError(f"{path}: is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return Arch.from_dict(data, str(path))
+
+
+def dump_arch(arch: Arch, path: str | Path | None = None) -> str:
+    """Write ``arch`` as YAML (to ``path`` when given) and return the text."""
+    text = yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+class _Reader:
+    """Typed access to parsed YAML that names the file and key path in every error."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, key: str, problem: str, allowed: str) -> ArchError:
+        where = f"{self.source}: {key}" if key else self.source
+        return ArchError(f"{where} {problem}; allowed: {allowed}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str] | None, required: set[str] = frozenset()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key or "the file", f"is {type(value).__name__} {value!r}", "a mapping of keys to values")
+        if allowed is not None:
+            for k in value:
+                if k not in allowed:
+                    raise self.error(_join(key, k), "is not a known key (a typo?)", ", ".join(sorted(allowed)))
+        for k in sorted(required):
+            if k not in value:
+                raise self.error(_join(key, k), "is missing", f"add {k}:")
+        return value
+
+    def positive_int(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(key, f"is {value!r}", "an integer >= 1")
+        return value
+
+    def non_negative_int(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(key, f"is {value!r}", "an integer >= 0")
+        return value
+
+    def one_of(self, value: Any, key: str, allowed: tuple) -> Any:
+        if isinstance(value, bool) or value not in allowed:
+            raise self.error(key, f"is {value!r}", ", ".join(map(str, allowed)))
+        return value
+
+    def op_name(self, value: Any, key: str) -> str:
+        import operators
+
+        known = operators.list_ops()
+        if value not in known:
+            raise self.error(key, f"is {value!r}, not an operator of the catalog", ", ".join(known))
+        return value
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else str(sub)

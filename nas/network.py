@@ -1,0 +1,148 @@
+"""Arch -> ``nn.Module``: the full-size network the budget measures, and its proxy.
+
+``build(arch)`` makes the network at the Arch's own input (3x224x224, 1000 classes by default): stem, then
+per stage ``depth`` blocks of the stage's operator (the first takes the stage's stride and width change,
+unless the stage downsamples with a separate layer), then the head. The same call makes the proxy:
+``width_mult`` scales every width (to a multiple of 8 that the operator can still use, so heads keep
+dividing it), and ``in_chans``, ``num_classes`` and ``input_size`` take the proxy dataset's values. Images of
+at most 64 px get the small-image stem (one 3x3 conv, stride 1, BN, ReLU), as CIFAR-style ResNets do:
+a stride-4 stem would leave a 32-px image 1 px wide by the last stage.
+
+Module names are fixed (``stem``, ``stages.<i>.<j>``, ``head``), so state_dicts move between builds of the
+same Arch and the exported code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import operators
+from operators._layers import ConvNormAct, LayerNorm2d
+from operators.convnext import PatchDown
+
+from .arch import Arch, StageArch
+
+__all__ = ["build", "OpmixNet", "scale_width", "SMALL_IMAGE"]
+
+SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch x patch conv, then LayerNorm (Swin, ConvNeXt); pads to a multiple of the patch."""
+
+    def __init__(self, in_chs: int, out_chs: int, patch: int = 4):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(in_chs, out_chs, patch, patch)
+        self.norm = LayerNorm2d(out_chs, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % self.patch, 0, -h % self.patch))
+        return self.norm(self.proj(x))
+
+
+def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
+    if kind == "conv7_pool":  # ResNet: 7x7 stride 2 conv, BN, ReLU, 3x3 stride 2 max-pool
+        return nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1))
+    if kind == "patch4":  # Swin / ConvNeXt: 4x4 stride 4 patchify + LayerNorm
+        return PatchEmbed(in_chs, width, 4)
+    if kind == "conv3x2":  # CoAtNet S0: 3x3 stride 2 conv + BN + GELU, 3x3 conv (the next block pre-norms)
+        return nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
+    if kind == "repvgg":  # RepVGG: a RepVGG block with stride 2
+        return operators.create_op("repvgg", in_chs, width, 2)
+    if kind == "small":
+        return ConvNormAct(in_chs, width, 3, 1)
+    raise ValueError(f"unknown stem type {kind!r}")
+
+
+class Head(nn.Module):
+    def __init__(self, kind: str, in_chs: int, num_classes: int, hidden: int = 0):
+        super().__init__()
+        self.norm_map = LayerNorm2d(in_chs) if kind == "norm_pool_linear" else None  # Swin: LN, then pool
+        self.norm = nn.LayerNorm(in_chs) if kind == "pool_norm_linear" else None  # ConvNeXt: pool, then LN
+        self.pre_logits = nn.Sequential(nn.Linear(in_chs, hidden), nn.Tanh()) if hidden else None
+        self.fc = nn.Linear(hidden or in_chs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_map is not None:
+            x = self.norm_map(x)
+        x = x.mean((2, 3))
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
+        return self.fc(x)
+
+
+class OpmixNet(nn.Module):
+    def __init__(self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.head = head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _buildable(op: str, width: int, params: dict) -> bool:
+    try:
+        with torch.device("meta"):
+            operators.create_op(op, width, width, 1, **params)
+        return True
+    except ValueError:
+        return False
+
+
+def scale_width(width: int, mult: float, op: str | None = None, params: dict | None = None) -> int:
+    """``width * mult`` rounded to the nearest multiple of 8 (at least 8) that ``op`` can be built with."""
+    if mult == 1.0:
+        return width
+    target = width * mult
+    candidates = sorted(range(8, max(16, int(2 * target) + 16), 8), key=lambda c: (abs(c - target), c))
+    for c in candidates:
+        if op is None or _buildable(op, c, params or {}):
+            return c
+    raise ValueError(f"no width near {target:.0f} suits {op} with {params}; pick another width_mult")
+
+
+def _stage(stage: StageArch, in_chs: int, width: int) -> nn.Sequential:
+    spec = operators.get_spec(stage.op)
+    blocks: list[nn.Module] = []
+    stride = stage.stride
+    if stage.downsample != "op" and (stride > 1 or in_chs != width):
+        blocks.append(ConvNormAct(in_chs, width, 3, stride) if stage.downsample == "conv"
+                      else PatchDown(in_chs, width, stride))
+        in_chs, stride = width, 1
+    for j in range(stage.depth):
+        kwargs = dict(stage.params)
+        for name in spec.alternate:
+            kwargs.setdefault(name, bool(j % 2))
+        blocks.append(operators.create_op(stage.op, in_chs, width, stride if j == 0 else 1, **kwargs))
+        in_chs = width
+    return nn.Sequential(*blocks)
+
+
+def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, num_classes: int | None = None,
+          input_size: int | None = None) -> OpmixNet:
+    """The network of ``arch``; with the keyword arguments, its proxy (see the module docstring)."""
+    if not width_mult > 0:
+        raise ValueError(f"width_mult={width_mult!r} must be > 0 (1.0 builds the full-size network)")
+    in_chans = in_chans or arch.in_chans
+    size = input_size or arch.input_size
+    stem_kind = "small" if size <= SMALL_IMAGE else arch.stem.type
+    stem_width = scale_width(arch.stem.width, width_mult)
+    stages, cin = [], stem_width
+    for stage in arch.stages:
+        width = scale_width(stage.width, width_mult, stage.op, stage.kwargs)
+        stages.append(_stage(stage, cin, width))
+        cin = width
+    head = Head(arch.head.type, cin, num_classes or arch.num_classes,
+                scale_width(arch.head.hidden, width_mult) if arch.head.hidden else 0)
+    return OpmixNet(make_stem(stem_kind, in_chans, stem_width), stages, head)

@@ -1,0 +1,383 @@
+"""Search spaces: a YAML file of choices, loaded into frozen dataclasses, sampled into ``Arch`` points.
+
+A space file (see README, "The space language") declares the target input, the stem, the stages — each
+with a fixed output stride and its choices of operators (with per-operator parameter choices), widths and
+depths — the head, and constraints across stages. ``load_space`` validates everything up front, and every
+error names the file, the key path (``stages[2].ops[1].heads``) and what is allowed.
+
+Sampling is define-by-run on an Optuna trial with stable hierarchical names: ``stem.width``, ``s1.op``,
+``s1.width`` (or ``s1.<op>.width`` where an operator overrides the stage's widths), ``s1.depth`` and
+``s1.<op>.<param>``; a parameter exists only when its operator is chosen, and choices with a single value
+are fixed, not sampled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .arch import (DOWNSAMPLE_TYPES, HEAD_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
+                   _Reader, dump_arch, load_arch)
+
+__all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
+           "list_references", "load_reference", "Arch", "load_arch", "dump_arch", "sample_arch"]
+
+CONSTRAINTS = ("widths_non_decreasing", "max_total_depth")
+RESERVED = ("op", "width")  # keys of an ops entry that are not operator parameters
+
+
+class SpaceError(ArchError):
+    """A space file that cannot be used; the message names the file, the key path and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A finite set of values; ``low``/``high``/``step`` are set when the file gave an integer range."""
+
+    values: tuple
+    low: int | None = None
+    high: int | None = None
+    step: int | None = None
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if len(self.values) == 1:
+            return self.values[0]
+        if self.low is not None:
+            return trial.suggest_int(name, self.low, self.high, step=self.step)
+        return trial.suggest_categorical(name, list(self.values))
+
+
+@dataclass(frozen=True)
+class OpChoice:
+    name: str
+    params: tuple[tuple[str, Choice], ...] = ()
+    width: Choice | None = None  # overrides the stage's widths for this operator
+
+
+@dataclass(frozen=True)
+class StageSpace:
+    output_stride: int
+    ops: tuple[OpChoice, ...]
+    width: Choice
+    depth: Choice
+    downsample: str = "op"
+
+    def widths(self, op: OpChoice) -> Choice:
+        return op.width or self.width
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    source: str
+    in_chans: int
+    input_size: int
+    num_classes: int
+    stem_type: str
+    stem_width: Choice
+    stages: tuple[StageSpace, ...]
+    head: HeadArch
+    constraints: tuple[tuple[str, Any], ...] = ()
+
+    # ----------------------------------------------------------------------------------------- points
+    def violations(self, arch: Arch) -> list[str]:
+        """Why ``arch`` is not a point of this space (empty when it is)."""
+        out = []
+        if (arch.in_chans, arch.input_size, arch.num_classes) != (self.in_chans, self.input_size, self.num_classes):
+            out.append("input differs")
+        if arch.stem.type != self.stem_type or arch.stem.width not in self.stem_width.values:
+            out.append(f"stem {arch.stem.type}/{arch.stem.width} is not offered")
+        if arch.head != self.head:
+            out.append(f"head {arch.head} is not {self.head}")
+        if len(arch.stages) != len(self.stages):
+            return out + [f"{len(arch.stages)} stages where the space has {len(self.stages)}"]
+        for i, (s, sp) in enumerate(zip(arch.stages, self.stages)):
+            if s.stride != self._stage_stride(i) or s.downsample != sp.downsample:
+                out.append(f"stage {i + 1}: stride/downsample differ")
+            op = next((o for o in sp.ops if o.name == s.op), None)
+            if op is None:
+                out.append(f"stage {i + 1}: op {s.op} is not offered")
+                continue
+            if s.width not in sp.widths(op).values or s.depth not in sp.depth.values:
+                out.append(f"stage {i + 1}: width {s.width} or depth {s.depth} is not offered")
+            choices = dict(op.params)
+            given = s.kwargs
+            if set(given) != set(choices) or any(given[k] not in choices[k].values for k in given):
+                out.append(f"stage {i + 1}: params {given} are not offered")
+        return out + self.constraint_violations(arch)
+
+    def constraint_violations(self, arch: Arch) -> list[str]:
+        out = []
+        for name, value in self.constraints:
+            widths = [s.width for s in arch.stages]
+            if name == "widths_non_decreasing" and value and any(b < a for a, b in zip(widths, widths[1:])):
+                out.append(f"widths {widths} decrease")
+            if name == "max_total_depth" and sum(s.depth for s in arch.stages) > value:
+                out.append(f"total depth {sum(s.depth for s in arch.stages)} exceeds {value}")
+        return out
+
+    def contains(self, arch: Arch) -> bool:
+        return not self.violations(arch)
+
+    def _stage_stride(self, i: int) -> int:
+        before = self.stages[i - 1].output_stride if i else STEM_TYPES[self.stem_type]
+        return self.stages[i].output_stride // before
+
+    def make_arch(self, stem_width: int, stages: list[tuple[str, int, int, dict[str, Any]]]) -> Arch:
+        """The Arch of this space with the given stem width and (op, width, depth, params) per stage."""
+        return Arch(
+            stem=StemArch(self.stem_type, stem_width),
+            stages=tuple(StageArch(op, width, depth, self._stage_stride(i), tuple(sorted(params.items())),
+                                   self.stages[i].downsample)
+                         for i, (op, width, depth, params) in enumerate(stages)),
+            head=self.head, in_chans=self.in_chans, num_classes=self.num_classes, input_size=self.input_size,
+        )
+
+    def sample(self, trial: Any) -> Arch:
+        """An Arch drawn through ``trial.suggest_*`` (Optuna, define-by-run)."""
+        stem_width = self.stem_width.suggest(trial, "stem.width")
+        stages = []
+        for i, sp in enumerate(self.stages, start=1):
+            names = [o.name for o in sp.ops]
+            name = names[0] if len(names) == 1 else trial.suggest_categorical(f"s{i}.op", names)
+            op = sp.ops[names.index(name)]
+            width_key = f"s{i}.{name}.width" if op.width else f"s{i}.width"
+            width = sp.widths(op).suggest(trial, width_key)
+            depth = sp.depth.suggest(trial, f"s{i}.depth")
+            params = {p: c.suggest(trial, f"s{i}.{name}.{p}") for p, c in op.params}
+            stages.append((name, width, depth, params))
+        return self.make_arch(stem_width, stages)
+
+    def random(self, rng: random.Random | int | None = None, max_tries: int = 1000) -> Arch:
+        """A uniformly drawn Arch that meets the constraints."""
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        trial = _RandomTrial(rng)
+        for _ in range(max_tries):
+            arch = self.sample(trial)
+            if not self.constraint_violations(arch):
+                return arch
+        raise SpaceError(f"{self.source}: no architecture met the constraints in {max_tries} draws; "
+                         f"loosen the constraints or the ranges")
+
+    def size(self) -> int:
+        """How many architectures the space holds, before constraints."""
+        total = len(self.stem_width.values)
+        for sp in self.stages:
+            total *= sum(len(sp.widths(o).values) * len(sp.depth.values)
+                         * math.prod(len(c.values) for _, c in o.params) for o in sp.ops)
+        return total
+
+    def stage_options(self, i: int, pick) -> list[tuple[str, int, int, dict[str, Any]]]:
+        """Every (op, width, depth, params) of stage i at the width and depth that ``pick`` (min/max) chooses."""
+        sp = self.stages[i]
+        out = []
+        for op in sp.ops:
+            for combo in itertools.product(*(c.values for _, c in op.params)):
+                params = dict(zip((p for p, _ in op.params), combo))
+                out.append((op.name, pick(sp.widths(op).values), pick(sp.depth.values), params))
+        return out
+
+
+class _RandomTrial:
+    """The ``suggest_*`` surface of an Optuna trial, drawing uniformly (for spaces used without Optuna)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        return self.rng.randrange(low, high + 1, step)
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return self.rng.choice(choices)
+
+
+def sample_arch(trial: Any, space: Space) -> Arch:
+    return space.sample(trial)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _builtin(kind: str) -> Path:
+    return Path(str(resources.files("search_spaces"))) / kind
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in _builtin("").glob("*.yaml"))
+
+
+def list_references() -> list[str]:
+    return sorted(p.stem for p in _builtin("references").glob("*.yaml"))
+
+
+def load_reference(name: str) -> Arch:
+    path = _builtin("references") / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown reference {name!r}; known references: {', '.join(list_references())}")
+    return load_arch(path)
+
+
+def resolve_space_path(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    builtin = _builtin("") / f"{path_or_name}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise SpaceError(f"space {str(path_or_name)!r} is neither a file nor a built-in space; "
+                     f"built-in spaces: {', '.join(list_spaces())}; or give the path of a YAML file")
+
+
+def load_space(path_or_name: str | Path) -> Space:
+    """Load and validate a space from a YAML path or a built-in name (``hybrid``)."""
+    path = resolve_space_path(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot be read ({exc.strerror}); give the path of a space YAML file") from None
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: is not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return _parse_space(data, str(path), path.stem)
+    except SpaceError:
+        raise
+    except ArchError as exc:
+        raise SpaceError(str(exc)) from None
+
+
+def _parse_space(data: Any, source: str, default_name: str) -> Space:
+    r = _SpaceReader(source)
+    top = r.mapping(data, "", {"name", "input", "stem", "stages", "head", "constraints"},
+                    required={"stem", "stages"})
+    inp = r.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
+    stem = r.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
+    head = r.mapping(top.get("head", {}), "head", {"type", "hidden"})
+    stem_type = r.one_of(stem["type"], "stem.type", tuple(t for t in STEM_TYPES if t != "small"))
+    stages_raw = top["stages"]
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise r.error("stages", f"is {stages_raw!r}", "a non-empty list of stages")
+
+    stages, prev = [], STEM_TYPES[stem_type]
+    for i, raw in enumerate(stages_raw):
+        key = f"stages[{i}]"
+        s = r.mapping(raw, key, {"output_stride", "ops", "width", "depth", "downsample"},
+                      required={"output_stride", "ops", "width", "depth"})
+        stride = r.positive_int(s["output_stride"], f"{key}.output_stride")
+        if stride not in (prev, 2 * prev):
+            raise r.error(f"{key}.output_stride", f"is {stride} after {prev}",
+                          f"{prev} or {2 * prev} (each stage keeps or halves the resolution)")
+        prev = stride
+        width = r.int_choice(s["width"], f"{key}.width")
+        ops = _parse_ops(r, s["ops"], f"{key}.ops", width)
+        stages.append(StageSpace(stride, ops, width, r.int_choice(s["depth"], f"{key}.depth"),
+                                 r.one_of(s.get("downsample", "op"), f"{key}.downsample", DOWNSAMPLE_TYPES)))
+
+    constraints = r.mapping(top.get("constraints", {}), "constraints", set(CONSTRAINTS))
+    if "widths_non_decreasing" in constraints and not isinstance(constraints["widths_non_decreasing"], bool):
+        raise r.error("constraints.widths_non_decreasing", f"is {constraints['widths_non_decreasing']!r}",
+                      "true or false")
+    if "max_total_depth" in constraints:
+        r.positive_int(constraints["max_total_depth"], "constraints.max_total_depth")
+    name = top.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise r.error("name", f"is {name!r}", "a non-empty string")
+    return Space(
+        name=name, source=source,
+        in_chans=r.positive_int(inp.get("channels", 3), "input.channels"),
+        input_size=r.positive_int(inp.get("size", 224), "input.size"),
+        num_classes=r.positive_int(inp.get("classes", 1000), "input.classes"),
+        stem_type=stem_type, stem_width=r.int_choice(stem["width"], "stem.width"),
+        stages=tuple(stages),
+        head=HeadArch(r.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
+                      r.non_negative_int(head.get("hidden", 0), "head.hidden")),
+        constraints=tuple(sorted(constraints.items())),
+    )
+
+
+def _parse_ops(r: _SpaceReader, raw: Any, key: str, stage_width: Choice) -> tuple[OpChoice, ...]:
+    import operators
+
+    if not isinstance(raw, list) or not raw:
+        raise r.error(key, f"is {raw!r}", "a non-empty list of entries like {op: swin, window: [7]}")
+    ops, seen = [], set()
+    for j, entry in enumerate(raw):
+        ekey = f"{key}[{j}]"
+        if isinstance(entry, str):
+            entry = {"op": entry}
+        e = r.mapping(entry, ekey, None, required={"op"})
+        name = r.op_name(e["op"], f"{ekey}.op")
+        if name in seen:
+            raise r.error(f"{ekey}.op", f"repeats {name!r}", "each operator once per stage (merge the entries)")
+        seen.add(name)
+        accepted = operators.get_spec(name).keywords()
+        params = []
+        for p, value in e.items():
+            if p in RESERVED:
+                continue
+            if p not in accepted:
+                raise r.error(f"{ekey}.{p}", f"is not a parameter of {name}", ", ".join(accepted))
+            params.append((p, r.value_choice(value, f"{ekey}.{p}")))
+        width = r.int_choice(e["width"], f"{ekey}.width") if "width" in e else None
+        op = OpChoice(name, tuple(sorted(params)), width)
+        _check_buildable(r, op, width or stage_width, ekey)
+        ops.append(op)
+    return tuple(ops)
+
+
+def _check_buildable(r: _SpaceReader, op: OpChoice, widths: Choice, key: str) -> None:
+    """Build every (width, parameters) combination on the meta device, so impossible values (heads that do
+    not divide the width, ...) are refused at load time with the key that holds them."""
+    import torch
+
+    import operators
+
+    names = [p for p, _ in op.params]
+    for width in widths.values:
+        for combo in itertools.product(*(c.values for _, c in op.params)):
+            try:
+                with torch.device("meta"):
+                    operators.create_op(op.name, width, width, 1, **dict(zip(names, combo)))
+            except (ValueError, TypeError) as exc:
+                culprit = next((n for n in names if n in str(exc)), "width")
+                raise r.error(f"{key}.{culprit}", f"cannot be built at width {width} with "
+                              f"{dict(zip(names, combo))}: {exc}", "values every width of the stage can use")
+
+
+class _SpaceReader(_Reader):
+    def error(self, key: str, problem: str, allowed: str) -> SpaceError:
+        return SpaceError(str(super().error(key, problem, allowed)))
+
+    def int_choice(self, value: Any, key: str) -> Choice:
+        if isinstance(value, dict):
+            m = self.mapping(value, key, {"min", "max", "step"}, required={"min", "max"})
+            low, high = self.positive_int(m["min"], f"{key}.min"), self.positive_int(m["max"], f"{key}.max")
+            step = self.positive_int(m.get("step", 1), f"{key}.step")
+            if high < low or (high - low) % step:
+                raise self.error(key, f"is min {low}, max {high}, step {step}",
+                                 "min <= max with max - min a multiple of step")
+            return Choice(tuple(range(low, high + 1, step)), low, high, step)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise self.error(key, "is an empty list", "one value or more, or {min: .., max: .., step: ..}")
+        for k, v in enumerate(values):
+            self.positive_int(v, f"{key}[{k}]" if isinstance(value, list) else key)
+        return self._distinct(values, key)
+
+    def value_choice(self, value: Any, key: str) -> Choice:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise self.error(key, "is an empty list", "one value or more")
+        for v in values:
+            if not isinstance(v, (int, float, str, bool)):
+                raise self.error(key, f"holds {v!r}", "numbers, strings or booleans")
+        return self._distinct(values, key)
+
+    def _distinct(self, values: list, key: str) -> Choice:
+        if len(set(values)) != len(values):
+            raise self.error(key, f"repeats a value in {values}", "each value once")
+        return Choice(tuple(values))
