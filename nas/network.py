@@ -24,7 +24,7 @@ from operators.convnext import PatchDown
 
 from .arch import Arch, StageArch
 
-__all__ = ["build", "OpmixNet", "scale_width", "SMALL_IMAGE"]
+__all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
 
@@ -112,7 +112,9 @@ def scale_width(width: int, mult: float, op: str | None = None, params: dict | N
     raise ValueError(f"no width near {target:.0f} suits {op} with {params}; pick another width_mult")
 
 
-def _stage(stage: StageArch, in_chs: int, width: int) -> nn.Sequential:
+def stage_blocks(stage: StageArch, in_chs: int, width: int, depth: int | None = None) -> list[nn.Module]:
+    """The blocks of ``stage`` (the first ``depth`` of them when given): a separate downsampling layer
+    first when the stage asks for one, then the operator's blocks with alternating keywords."""
     spec = operators.get_spec(stage.op)
     blocks: list[nn.Module] = []
     stride = stage.stride
@@ -120,13 +122,13 @@ def _stage(stage: StageArch, in_chs: int, width: int) -> nn.Sequential:
         blocks.append(ConvNormAct(in_chs, width, 3, stride) if stage.downsample == "conv"
                       else PatchDown(in_chs, width, stride))
         in_chs, stride = width, 1
-    for j in range(stage.depth):
+    for j in range(stage.depth if depth is None else depth):
         kwargs = dict(stage.params)
         for name in spec.alternate:
             kwargs.setdefault(name, bool(j % 2))
         blocks.append(operators.create_op(stage.op, in_chs, width, stride if j == 0 else 1, **kwargs))
         in_chs = width
-    return nn.Sequential(*blocks)
+    return blocks
 
 
 def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, num_classes: int | None = None,
@@ -141,8 +143,16 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
     stages, cin = [], stem_width
     for stage in arch.stages:
         width = scale_width(stage.width, width_mult, stage.op, stage.kwargs)
-        stages.append(_stage(stage, cin, width))
+        stages.append(nn.Sequential(*stage_blocks(stage, cin, width)))
         cin = width
     head = Head(arch.head.type, cin, num_classes or arch.num_classes,
                 scale_width(arch.head.hidden, width_mult) if arch.head.hidden else 0)
     return OpmixNet(make_stem(stem_kind, in_chans, stem_width), stages, head)
+
+
+def build_uninitialized(arch: Arch, **kwargs) -> OpmixNet:
+    """``build`` without initializing weights (they hold arbitrary values): for counting FLOPs and
+    parameters, which depend on shapes only, at a fraction of the time a random init takes."""
+    with torch.device("meta"):
+        net = build(arch, **kwargs)
+    return net.to_empty(device="cpu")

@@ -108,9 +108,9 @@ class Space:
             if s.width not in sp.widths(op).values or s.depth not in sp.depth.values:
                 out.append(f"stage {i + 1}: width {s.width} or depth {s.depth} is not offered")
             choices = dict(op.params)
-            given = s.kwargs
-            if set(given) != set(choices) or any(given[k] not in choices[k].values for k in given):
-                out.append(f"stage {i + 1}: params {given} are not offered")
+            given = {**_defaults(s.op, choices), **s.kwargs}  # a parameter left out takes its default
+            if not set(s.kwargs) <= set(choices) or any(given[k] not in c.values for k, c in choices.items()):
+                out.append(f"stage {i + 1}: params {s.kwargs} are not offered")
         return out + self.constraint_violations(arch)
 
     def constraint_violations(self, arch: Arch) -> list[str]:
@@ -183,6 +183,15 @@ class Space:
                 params = dict(zip((p for p, _ in op.params), combo))
                 out.append((op.name, pick(sp.widths(op).values), pick(sp.depth.values), params))
         return out
+
+
+def _defaults(op: str, names) -> dict[str, Any]:
+    import inspect
+
+    import operators
+
+    params = inspect.signature(operators.get_spec(op).factory).parameters
+    return {n: params[n].default for n in names if params[n].default is not inspect.Parameter.empty}
 
 
 class _RandomTrial:
@@ -381,3 +390,82 @@ class _SpaceReader(_Reader):
         if len(set(values)) != len(values):
             raise self.error(key, f"repeats a value in {values}", "each value once")
         return Choice(tuple(values))
+
+
+# ------------------------------------------------------------------------------------------ command line
+def summarize(space: Space) -> dict[str, Any]:
+    """Size, the FLOPs of the smallest and largest architectures, and the references the space contains.
+
+    The smallest (largest) network takes every stage at its smallest (largest) width and depth, with the
+    stage's cheapest (dearest) operator and parameters. Stages are costed one at a time (a stage's input is
+    fixed by the previous stage's width, whatever its operator), and a stage's blocks after the first are
+    identical in cost, so two blocks are counted per option.
+    """
+    import torch
+
+    from .flops import count_flops
+    from .network import build_uninitialized, stage_blocks
+
+    out: dict[str, Any] = {"name": space.name, "file": space.source, "architectures": space.size(),
+                           "stages": len(space.stages)}
+    for label, pick in (("smallest", min), ("largest", max)):
+        stem = pick(space.stem_width.values)
+        chosen, in_chs, side = [], stem, -(-space.input_size // STEM_TYPES[space.stem_type])
+        for i in range(len(space.stages)):
+            costs = []
+            for option in space.stage_options(i, pick):
+                stage = space.make_arch(stem, [option] * len(space.stages)).stages[i]
+                with torch.device("meta"):
+                    blocks = [b.to_empty(device="cpu")
+                              for b in stage_blocks(stage, in_chs, option[1], depth=min(stage.depth, 2))]
+                side_out = -(-side // stage.stride)
+                shapes = [(1, in_chs, side, side)] + [(1, option[1], side_out, side_out)] * (len(blocks) - 1)
+                counts = [count_flops(b, shape) for b, shape in zip(blocks, shapes)]
+                costs.append((sum(counts) + (stage.depth - min(stage.depth, 2)) * counts[-1], option))
+            chosen.append(pick(costs, key=lambda c: c[0])[1])
+            in_chs, side = chosen[-1][1], -(-side // space.make_arch(stem, [chosen[-1]] * len(space.stages))
+                                             .stages[i].stride)
+        arch = space.make_arch(stem, chosen)
+        out[f"{label}_flops"] = count_flops(build_uninitialized(arch))
+        out[label] = dump_arch(arch)
+    out["references"] = [name for name in list_references() if space.contains(load_reference(name))]
+    return out
+
+
+def _main(argv: list[str] | None) -> int:
+    from . import _cli
+    from .flops import format_flops
+
+    parser = _cli.Parser(prog="python -m nas.space", description="Summarize a search space: how many "
+                         "architectures, the FLOPs of the smallest and largest, which references it contains.")
+    parser.add_argument("space", help=f"a space YAML file or a built-in name ({', '.join(list_spaces())})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    space = load_space(args.space)
+    if args.json:
+        import json
+
+        print(json.dumps({k: v for k, v in summarize(space).items() if k not in ("smallest", "largest")}))
+        return 0
+    print(f"space {space.name} ({space.source}): input {space.in_chans}x{space.input_size}x{space.input_size}, "
+          f"{space.num_classes} classes, stem {space.stem_type}, head {space.head.type}")
+    for i, st in enumerate(space.stages, start=1):
+        ops = ", ".join(o.name + ("(" + ", ".join(f"{p}={list(c.values)}" for p, c in o.params) + ")"
+                                  if o.params else "") for o in st.ops)
+        print(f"  s{i}: stride {st.output_stride:>2}, width {st.width.values[0]}..{st.width.values[-1]} "
+              f"({len(st.width.values)}), depth {st.depth.values[0]}..{st.depth.values[-1]}: {ops}")
+    if space.constraints:
+        print(f"  constraints: {', '.join(f'{k}={v}' for k, v in space.constraints)}")
+    summary = summarize(space)
+    print(f"architectures: {summary['architectures']:,} (before constraints)")
+    print(f"FLOPs: smallest {format_flops(summary['smallest_flops'])}, largest "
+          f"{format_flops(summary['largest_flops'])} (multiply-adds at "
+          f"{space.in_chans}x{space.input_size}x{space.input_size}, deploy form)")
+    print(f"references in this space: {', '.join(summary['references']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from ._cli import run
+
+    run("python -m nas.space", _main)

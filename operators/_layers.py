@@ -29,11 +29,12 @@ def check_heads(name: str, dim: int, heads: int) -> int:
     return heads
 
 
-def fuse_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
-    """Fold an eval-mode BatchNorm that follows a linear map (weight, bias) into it."""
-    t = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+def fuse_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d, rows: slice = slice(None)):
+    """Fold an eval-mode BatchNorm that follows a linear map (weight, bias) into it; ``rows`` picks the BN
+    channels that this map produces when it feeds only part of the BN (a concatenation)."""
+    t = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[rows]
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    fused_bias = bn.bias - bn.running_mean * t
+    fused_bias = bn.bias[rows] - bn.running_mean[rows] * t
     if bias is not None:
         fused_bias = fused_bias + bias * t
     return weight * t.reshape(shape), fused_bias
@@ -54,8 +55,15 @@ def identity_kernel(channels: int, groups: int, k: int, like: torch.Tensor) -> t
     return w
 
 
-def conv_out(size: int, stride: int) -> int:
-    return -(-size // stride)
+def conv_with(weight: torch.Tensor, bias: torch.Tensor, stride, padding, groups: int = 1) -> nn.Conv2d:
+    """A Conv2d holding the given (fused) weight and bias; built on the meta device so that no time goes
+    into a random init that would be overwritten."""
+    out_chs, in_per_group, kh, kw = weight.shape
+    with torch.device("meta"):
+        conv = nn.Conv2d(in_per_group * groups, out_chs, (kh, kw), stride, padding, groups=groups)
+    conv.weight = nn.Parameter(weight.detach())
+    conv.bias = nn.Parameter(bias.detach())
+    return conv
 
 
 class ConvNormAct(nn.Module):
@@ -90,12 +98,7 @@ class ConvNormAct(nn.Module):
         if self.bn is None:
             return
         w, b = self.fused_weight_bias()
-        c = self.conv
-        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
-                         groups=c.groups, bias=True).to(w.device, w.dtype)
-        conv.weight.copy_(w)
-        conv.bias.copy_(b)
-        self.conv, self.bn = conv, None
+        self.conv, self.bn = conv_with(w, b, self.conv.stride, self.conv.padding, self.conv.groups), None
 
 
 class RepConv(nn.Module):
@@ -143,10 +146,7 @@ class RepConv(nn.Module):
             w, b = fuse_bn(identity_kernel(self.out_chs, self.groups, k, ref), None, self.identity)
             weight += w
             bias += b
-        self.reparam = nn.Conv2d(self.in_chs, self.out_chs, k, self.stride, k // 2, groups=self.groups,
-                                 bias=True).to(ref.device, ref.dtype)
-        self.reparam.weight.copy_(weight)
-        self.reparam.bias.copy_(bias)
+        self.reparam = conv_with(weight, bias, self.stride, k // 2, self.groups)
         del self.branches, self.scale, self.identity
         self.branches, self.scale, self.identity = nn.ModuleList(), None, None
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosLogits, attend, merge_heads, split_heads
-from ._layers import fuse_bn, pool_ceil
+from ._layers import conv_with, fuse_bn, pool_ceil
 from ._registry import register_op
 from .resnet import Bottleneck
 
@@ -64,19 +64,11 @@ class AugmentedConv(nn.Module):
     def reparameterize(self) -> None:
         if self.bn is None:
             return
-        bn, split = self.bn, self.conv.out_channels
+        split = self.conv.out_channels
         parts = []
         for layer, rows in ((self.conv, slice(0, split)), (self.proj, slice(split, None))):
-            part = nn.BatchNorm2d(layer.out_channels).to(bn.weight.device)
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(part, name).data.copy_(getattr(bn, name)[rows])
-            part.eps = bn.eps
-            w, b = fuse_bn(layer.weight, layer.bias, part)
-            fused = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, bias=True).to(w.device, w.dtype)
-            fused.weight.copy_(w)
-            fused.bias.copy_(b)
-            parts.append(fused)
+            w, b = fuse_bn(layer.weight, layer.bias, self.bn, rows)
+            parts.append(conv_with(w, b, layer.stride, layer.padding))
         self.conv, self.proj = parts
         self.bn = None
 

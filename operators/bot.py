@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosLogits, attend, merge_heads, split_heads
-from ._layers import check_heads, default_heads, fuse_bn, pool_ceil
+from ._layers import check_heads, conv_with, default_heads, fuse_bn, pool_ceil
 from ._registry import register_op
 from .resnet import Bottleneck
 
@@ -58,10 +58,7 @@ def fold_bn_into_values(qkv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     w = qkv.weight.clone()
     bias = qkv.bias.clone() if qkv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     w[-c:], bias[-c:] = fuse_bn(w[-c:], bias[-c:], bn)
-    out = nn.Conv2d(qkv.in_channels, qkv.out_channels, 1, bias=True).to(w.device, w.dtype)
-    out.weight.copy_(w)
-    out.bias.copy_(bias)
-    return out
+    return conv_with(w, bias, 1, 0)
 
 
 

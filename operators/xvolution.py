@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import ConvNormAct
+from ._layers import ConvNormAct, conv_with
 from ._registry import register_op
 from .resnet import Bottleneck
 
@@ -59,10 +59,7 @@ class XVolution(nn.Module):
             return
         (w1, b1), (w2, b2) = self.conv.fused_weight_bias(), self.attn_conv.fused_weight_bias()
         c = self.conv.conv
-        self.merged = nn.Conv2d(2 * c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
-                                bias=True).to(w1.device, w1.dtype)
-        self.merged.weight.copy_(torch.cat([w1, w2], dim=1))
-        self.merged.bias.copy_(b1 + b2)
+        self.merged = conv_with(torch.cat([w1, w2], dim=1), b1 + b2, c.stride, c.padding)
         self.conv = self.attn_conv = None
 
 

@@ -1,0 +1,62 @@
+"""Published architectures: built from their YAML, counted, and compared with the papers and stored counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nas.flops import count_flops, count_params
+from nas.network import build_uninitialized
+from nas.space import list_references, load_reference
+
+STORED = json.loads((Path(__file__).parent / "data" / "reference_counts.json").read_text())
+
+# name: (params, FLOPs = multiply-adds at 224 px, relative tolerance), from the papers (OPERATORS.md)
+PUBLISHED = {
+    "resnet50": (25.6e6, 4.1e9, 0.03),
+    "swin_t": (28.3e6, 4.5e9, 0.03),
+    "convnext_t": (28.6e6, 4.5e9, 0.03),
+    "coatnet_0": (25e6, 4.2e9, 0.06),
+    # BoT-S1-50's published 4.27 G cannot hold for ResNet-50 with c5 at stride 16 (14x14): its 1x1 convs
+    # alone cost 1.5 G there, against 0.46 G at 7x7. We build the paper's architecture and check its
+    # params; its FLOPs are checked against the stored count only (5.41 G; see the issue notes).
+    "bot_s1_50": (20.8e6, None, 0.06),
+    "repvgg_a2": (25.5e6, 5.1e9, 0.06),
+    "acmix_resnet50": (18.6e6, 3.6e9, 0.06),
+    "acmix_swin_t": (30e6, 4.6e9, 0.06),
+}
+
+
+def test_every_reference_has_published_and_stored_figures():
+    assert sorted(PUBLISHED) == list_references() == sorted(STORED)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    out = {}
+    for name in list_references():
+        net = build_uninitialized(load_reference(name))
+        out[name] = {"flops": count_flops(net), "params": count_params(net),
+                     "train_flops": count_flops(net, deploy=False), "train_params": count_params(net, deploy=False)}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_reference_matches_the_paper(name, counts):
+    params, flops, tol = PUBLISHED[name]
+    assert counts[name]["params"] == pytest.approx(params, rel=tol)
+    if flops is not None:
+        assert counts[name]["flops"] == pytest.approx(flops, rel=tol)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_reference_matches_stored_counts_exactly(name, counts):
+    assert counts[name] == STORED[name], "regenerate with python tests/data/make_reference_counts.py and review"
+
+
+def test_repvgg_deploy_form_is_what_the_paper_counts():
+    # RepVGG's published 25.5 M / 5.1 G are the deploy form; training adds the 1x1 and identity branches
+    assert STORED["repvgg_a2"]["train_params"] > STORED["repvgg_a2"]["params"]
+    assert STORED["repvgg_a2"]["train_flops"] > STORED["repvgg_a2"]["flops"]
