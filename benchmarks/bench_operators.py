@@ -62,7 +62,8 @@ def main() -> None:
     names = [n for n in args.ops.split(",") if n] or operators.list_ops()
 
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}")
-    header = f"{'operator':22s} {'shape':>12s} {'train ms':>9s} {'deploy ms':>9s} {'ratio':>6s} {'FLOPs':>9s} {'train FLOPs':>11s}"
+    header = (f"{'operator':22s} {'shape':>12s} {'train ms':>9s} {'deploy ms':>9s} {'ratio':>6s} {'FLOPs':>9s} "
+              f"{'train FLOPs':>11s}")
     print(header)
     print("-" * len(header))
     for name in names:

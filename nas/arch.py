@@ -125,16 +125,20 @@ class Arch:
         )
 
 
-def load_arch(path: str | Path) -> Arch:
-    """Read an Arch from a YAML file (safe_load only)."""
-    path = Path(path)
+def read_yaml(path: Path, what: str, error: type[ValueError] = ValueError) -> Any:
+    """The parsed contents of a YAML file (``safe_load`` only), or ``error`` with a one-line message."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ArchError(f"{path}: cannot be read ({exc.strerror}); give the path of an arch YAML file") from None
+        raise error(f"{path}: cannot be read ({exc.strerror}); give the path of {what}") from None
     except yaml.YAMLError as exc:
-        raise ArchError(f"{path}: is not valid YAML ({str(exc).splitlines()[0]})") from None
-    return Arch.from_dict(data, str(path))
+        raise error(f"{path}: is not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_arch(path: str | Path) -> Arch:
+    """Read an Arch from a YAML file."""
+    path = Path(path)
+    return Arch.from_dict(read_yaml(path, "an arch YAML file", ArchError), str(path))
 
 
 def dump_arch(arch: Arch, path: str | Path | None = None) -> str:

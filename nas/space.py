@@ -19,12 +19,10 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
-
-import yaml
+from typing import Any
 
 from .arch import (DOWNSAMPLE_TYPES, HEAD_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
-                   _Reader, dump_arch, load_arch)
+                   _Reader, dump_arch, load_arch, read_yaml)
 
 __all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
            "list_references", "load_reference", "Arch", "load_arch", "dump_arch", "sample_arch"]
@@ -245,12 +243,7 @@ def resolve_space_path(path_or_name: str | Path) -> Path:
 def load_space(path_or_name: str | Path) -> Space:
     """Load and validate a space from a YAML path or a built-in name (``hybrid``)."""
     path = resolve_space_path(path_or_name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpaceError(f"{path}: cannot be read ({exc.strerror}); give the path of a space YAML file") from None
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: is not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, "a space YAML file", SpaceError)
     try:
         return _parse_space(data, str(path), path.stem)
     except SpaceError:

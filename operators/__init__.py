@@ -8,7 +8,7 @@ module registers its operators; this package imports all of them.
 
 from __future__ import annotations
 
-from . import acmix, attention_augmented, bot, convnext, mbconv, repvgg, resnet, swin, transformer, xvolution
+from . import acmix, attention_augmented, bot, convnext, mbconv, repvgg, resnet, swin, transformer, xvolution  # noqa: F401 (registers the operators)
 from ._layers import reparameterize_model
 from ._registry import OpSpec, create_op, get_spec, list_ops, register_op
 
