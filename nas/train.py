@@ -1,0 +1,157 @@
+"""The proxy trainer: train an ``nn.Module`` for a few epochs and report validation accuracy after each.
+
+Choices, made for ranking fidelity at low cost (a proxy only has to order candidates, not reach SOTA):
+- AdamW (lr 2e-3, weight decay 0.05, no decay on norms, biases and position tables): robust across convs
+  and attention without per-operator tuning, which SGD would need;
+- one epoch of linear warm-up folded into a per-step cosine schedule, so short runs still anneal;
+- label smoothing 0.1, and light augmentation (random crop with 2-px zero padding, horizontal flip): enough
+  against the overfitting of a few thousand images, cheap on a CPU;
+- a fixed training subset (the first ``max_train`` images of the shuffled training split) so that an epoch
+  costs the same for every candidate; validation on the full held-out split;
+- all cores a trial is given (``threads``); on CUDA, bfloat16 autocast and channels-last memory.
+A loss that turns NaN or infinite raises ``FloatingPointError``: the trial fails, the search goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TrainConfig", "TrainResult", "train_proxy", "evaluate"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    max_train: int | None = 4096
+    augment: bool = True
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"  # "auto": cuda when available, else cpu
+
+
+@dataclass
+class TrainResult:
+    accuracies: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith("table") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after 2-px zero padding, and a horizontal flip, per image (float input)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy = torch.randint(0, 5, (n,), generator=gen)
+    dx = torch.randint(0, 5, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 4)
+    x = padded.gather(2, rows.to(x.device))
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    x = x.gather(3, cols.to(x.device))
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x.float() / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images ``x`` with labels ``y``."""
+    device = device or next(model.parameters()).device
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = _normalize(x[i:i + batch_size].to(device), mean_t, std_t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(xb)
+        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
+                report: Callable[[int, float, float], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` (a ``nas.data.ImageData``) for ``config.epochs`` epochs.
+
+    After each epoch ``report(epoch, val_accuracy, mean_train_loss)`` is called (epochs count from 1); a
+    scheduler may stop the trial there. Returns the per-epoch accuracies and losses and the throughput.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    device = _device(config.device)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x, y = data.train_x, data.train_y
+    if config.max_train and len(x) > config.max_train:
+        x, y = x[:config.max_train], y[:config.max_train]
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = min(steps_per_epoch, total // 2)
+    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    result = TrainResult()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(x), generator=gen)
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            xb = _normalize(x[idx].to(device, non_blocking=True), mean, std)
+            if config.augment:
+                xb = _augment(xb, gen)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch}, step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.train_seconds += time.perf_counter() - t0
+        result.losses.append(loss_sum / steps_per_epoch)
+        result.accuracies.append(evaluate(model, data.val_x, data.val_y, data.mean, data.std, device=device))
+        if report is not None:
+            report(epoch, result.accuracies[-1], result.losses[-1])
+    result.images_per_second = len(x) * config.epochs / max(result.train_seconds, 1e-9)
+    return result
