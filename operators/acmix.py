@@ -32,13 +32,18 @@ from .swin import SwinBlock
 
 
 class ShiftConvPath(nn.Module):
-    """ACmix's convolution path on (B, C, H, W) q, k, v -> (B, C, ceil(H/s), ceil(W/s))."""
+    """ACmix's convolution path on channels-last (B, H, W, C) q, k, v -> (B, C, ceil(H/s), ceil(W/s)).
+
+    The fc is a Linear over the 3 x heads groups (the official 1x1 conv, applied where the groups are the
+    last axis), and its output is laid out channels-last for the shift conv: both are about twice as fast on
+    a CPU as the channels-first form, with the same arithmetic.
+    """
 
     def __init__(self, dim: int, heads: int, kernel: int = 3, stride: int = 1):
         super().__init__()
         self.heads, self.kk = heads, kernel * kernel
         head_dim = dim // heads
-        self.fc = nn.Conv2d(3 * heads, self.kk, 1, bias=False)
+        self.fc = nn.Linear(3 * heads, self.kk, bias=False)
         self.dep_conv = nn.Conv2d(self.kk * head_dim, dim, kernel, stride, kernel // 2, groups=head_dim)
         with torch.no_grad():  # output channel o of a group sees input map i only at kernel cell i: a shift
             shift = torch.zeros(self.kk, kernel, kernel)
@@ -48,10 +53,10 @@ class ShiftConvPath(nn.Module):
             self.dep_conv.bias.zero_()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = q.shape
-        f = torch.cat([q, k, v], dim=1).view(b, 3 * self.heads, c // self.heads, h * w)
-        f = self.fc(f)  # (B, kk, head_dim, HW)
-        return self.dep_conv(f.transpose(1, 2).reshape(b, -1, h, w))
+        b, h, w, c = q.shape
+        groups = torch.cat([q, k, v], dim=-1).view(b, h, w, 3 * self.heads, c // self.heads)
+        f = self.fc(groups.transpose(-1, -2))  # (B, H, W, head_dim, kk): kk maps per head-dim channel
+        return self.dep_conv(f.reshape(b, h, w, -1).permute(0, 3, 1, 2))
 
 
 def _rate() -> nn.Parameter:
@@ -79,7 +84,7 @@ class ACmixLocal(nn.Module):
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0)  # (1, 2, H, W)
         att = local_attention(q, k, v, self.pos(grid), self.heads, self.kernel_att, self.stride)
         rate1 = self.rate1 if self.rate1.dim() == 0 else self.rate1.view(1, -1, 1, 1)
-        out = rate1 * att + self.rate2 * self.conv_path(q, k, v)
+        out = rate1 * att + self.rate2 * self.conv_path(*(t.permute(0, 2, 3, 1) for t in (q, k, v)))
         if self.bn is not None:
             out = self.bn(out)
         return self.act(out)
@@ -113,7 +118,7 @@ class ACmixWindow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         att = self.proj(window_attention(q, k, v, self.heads, self.window, self.shift, self.rel))
-        conv = self.conv_path(*(t.permute(0, 3, 1, 2) for t in (q, k, v))).permute(0, 2, 3, 1)
+        conv = self.conv_path(q, k, v).permute(0, 2, 3, 1)
         return self.rate1 * att + self.rate2 * conv
 
 
