@@ -16,8 +16,8 @@ import yaml
 __all__ = ["Arch", "StageArch", "StemArch", "HeadArch", "load_arch", "dump_arch", "ArchError",
            "STEM_TYPES", "HEAD_TYPES", "DOWNSAMPLE_TYPES"]
 
-# stem type -> its output stride (the 'small' stem is what proxies use on 28-32 px images)
-STEM_TYPES = {"conv7_pool": 4, "patch4": 4, "conv3x2": 2, "repvgg": 2, "small": 1}
+# stem type -> its output stride (proxies on small images replace the stem: see nas.network)
+STEM_TYPES = {"conv7_pool": 4, "patch4": 4, "conv3x2": 2, "repvgg": 2}
 HEAD_TYPES = ("pool_linear", "norm_pool_linear", "pool_norm_linear")
 # how a stage whose first block strides or widens gets there: inside its first op, or a separate layer first
 DOWNSAMPLE_TYPES = ("op", "conv", "patch")

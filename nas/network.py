@@ -5,8 +5,10 @@ per stage ``depth`` blocks of the stage's operator (the first takes the stage's 
 unless the stage downsamples with a separate layer), then the head. The same call makes the proxy:
 ``width_mult`` scales every width (to a multiple of 8 that the operator can still use, so heads keep
 dividing it), and ``in_chans``, ``num_classes`` and ``input_size`` take the proxy dataset's values. Images of
-at most 64 px get the small-image stem (one 3x3 conv, stride 1, BN, ReLU), as CIFAR-style ResNets do:
-a stride-4 stem would leave a 32-px image 1 px wide by the last stage.
+at most 64 px get a small-image stem: one 3x3 conv, BN, ReLU, at half the stem's stride (2 for the stride-4
+stems, 1 for the stride-2 ones). A stride-4 stem would leave a 28-px image 1 px wide by the last stage; with
+it the proxy's stages run at 14, 7, 4 and 2 px, an eighth of their 56, 28, 14 and 7 px at 224, at a
+quarter of the cost of a stride-1 stem (CIFAR ResNets' choice), which a 2-core search cannot afford.
 
 Module names are fixed (``stem``, ``stages.<i>.<j>``, ``head``), so state_dicts move between builds of the
 same Arch and the exported code.
@@ -22,7 +24,7 @@ import operators
 from operators._layers import ConvNormAct, LayerNorm2d
 from operators.convnext import PatchDown
 
-from .arch import Arch, StageArch
+from .arch import STEM_TYPES, Arch, StageArch
 
 __all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "SMALL_IMAGE"]
 
@@ -53,8 +55,8 @@ def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
         return nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
     if kind == "repvgg":  # RepVGG: a RepVGG block with stride 2
         return operators.create_op("repvgg", in_chs, width, 2)
-    if kind == "small":
-        return ConvNormAct(in_chs, width, 3, 1)
+    if kind.startswith("small"):  # "small1" / "small2": one 3x3 conv of that stride, BN, ReLU
+        return ConvNormAct(in_chs, width, 3, int(kind[-1]))
     raise ValueError(f"unknown stem type {kind!r}")
 
 
@@ -138,7 +140,9 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
         raise ValueError(f"width_mult={width_mult!r} must be > 0 (1.0 builds the full-size network)")
     in_chans = in_chans or arch.in_chans
     size = input_size or arch.input_size
-    stem_kind = "small" if size <= SMALL_IMAGE else arch.stem.type
+    stem_kind = arch.stem.type
+    if size <= SMALL_IMAGE:  # half the stem's stride, 2 at most (see the module docstring)
+        stem_kind = f"small{min(2, max(1, STEM_TYPES[arch.stem.type] // 2))}"
     stem_width = scale_width(arch.stem.width, width_mult)
     stages, cin = [], stem_width
     for stage in arch.stages:

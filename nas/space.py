@@ -153,6 +153,25 @@ class Space:
             stages.append((name, width, depth, params))
         return self.make_arch(stem_width, stages)
 
+    def params_of(self, arch: Arch) -> dict[str, Any]:
+        """The Optuna parameters under which ``sample`` draws ``arch`` (an Arch this space contains)."""
+        out: dict[str, Any] = {}
+        if len(self.stem_width.values) > 1:
+            out["stem.width"] = arch.stem.width
+        for i, (s, sp) in enumerate(zip(arch.stages, self.stages), start=1):
+            if len(sp.ops) > 1:
+                out[f"s{i}.op"] = s.op
+            op = next(o for o in sp.ops if o.name == s.op)
+            if len(sp.widths(op).values) > 1:
+                out[f"s{i}.{s.op}.width" if op.width else f"s{i}.width"] = s.width
+            if len(sp.depth.values) > 1:
+                out[f"s{i}.depth"] = s.depth
+            given = {**_defaults(s.op, dict(op.params)), **s.kwargs}
+            for p, c in op.params:
+                if len(c.values) > 1:
+                    out[f"s{i}.{s.op}.{p}"] = given[p]
+        return out
+
     def random(self, rng: random.Random | int | None = None, max_tries: int = 1000) -> Arch:
         """A uniformly drawn Arch that meets the constraints."""
         rng = rng if isinstance(rng, random.Random) else random.Random(rng)
@@ -259,7 +278,7 @@ def _parse_space(data: Any, source: str, default_name: str) -> Space:
     inp = r.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
     stem = r.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
     head = r.mapping(top.get("head", {}), "head", {"type", "hidden"})
-    stem_type = r.one_of(stem["type"], "stem.type", tuple(t for t in STEM_TYPES if t != "small"))
+    stem_type = r.one_of(stem["type"], "stem.type", tuple(STEM_TYPES))
     stages_raw = top["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise r.error("stages", f"is {stages_raw!r}", "a non-empty list of stages")

@@ -21,7 +21,7 @@ def test_random_samples_build_run_as_proxies_and_count_at_full_size(seed):
     proxy = build(arch, width_mult=0.25, in_chans=1, num_classes=10, input_size=28)
     out = proxy(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    assert proxy.stem.conv.stride == (1, 1) and proxy.stem.conv.kernel_size == (3, 3)  # small-image stem
+    assert proxy.stem.conv.stride == (2, 2) and proxy.stem.conv.kernel_size == (3, 3)  # small-image stem
     flops = count_flops(build_uninitialized(arch))
     assert 1e7 < flops < 1e11
     # the proxy is the same Arch: same ops, depths and strides, narrower

@@ -1,0 +1,78 @@
+"""The run directory, ``runs/<name>/``: what one search leaves behind, written so a crash loses nothing.
+
+- ``config.yaml``: the resolved configuration (space file and its contents' name, budget, dataset, sampler,
+  seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run;
+- ``study.db``: the Optuna study (SQLite) unless ``--storage`` names another database;
+- ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one);
+- ``trials.jsonl``: one JSON object per candidate, appended (and fsync'ed) as each one ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["RunDir", "STATUSES"]
+
+STATUSES = ("completed", "stopped", "infeasible", "failed")
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    study = property(lambda self: self.path / "study.db")
+    trials = property(lambda self: self.path / "trials.jsonl")
+    ray = property(lambda self: self.path / "ray")
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.replace(self.config)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except OSError as exc:
+            raise ValueError(f"{self.config}: cannot be read ({exc.strerror}); is {self.path} a run folder?") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.config}: is not a run configuration; is {self.path} a run folder?")
+        return data
+
+    def append_trial(self, record: dict[str, Any]) -> None:
+        """Append one record durably: a crash after this returns never loses it."""
+        line = json.dumps(record, sort_keys=False) + "\n"
+        with open(self.trials, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_trials(self) -> list[dict[str, Any]]:
+        """Every record; a last line cut short by a crash is skipped with a warning."""
+        if not self.trials.is_file():
+            return []
+        records = []
+        for n, line in enumerate(self.trials.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{self.trials}:{n}: an unreadable line (cut short by a crash?) was skipped")
+        return records
+
+    def next_session(self) -> str:
+        k = 1
+        while (self.ray / f"session-{k}").exists():
+            k += 1
+        return f"session-{k}"
