@@ -6,9 +6,8 @@ with its partial accuracy. Here the driver side does both: ``suggest`` asks the 
 (define-by-run, through ``Space.sample``), counts its full-size FLOPs, and if it breaks the budget (or a
 constraint of the space) records it ``infeasible``, tells Optuna so (constraint value > 0, which TPE and
 NSGA-II learn from, through ``Trial.set_constraint``) and asks again; only feasible candidates reach Ray.
-When a trial ends it is told to
-Optuna as COMPLETE (all epochs), PRUNED (stopped early: kept off the front) or FAIL, and appended to
-``trials.jsonl``.
+When a trial ends it is told to Optuna as COMPLETE (all epochs), PRUNED (stopped early: kept off the
+front) or FAIL, and appended to ``trials.jsonl``.
 """
 
 from __future__ import annotations
