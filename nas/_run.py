@@ -4,7 +4,8 @@
   seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run;
 - ``study.db``: the Optuna study (SQLite) unless ``--storage`` names another database;
 - ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one);
-- ``trials.jsonl``: one JSON object per candidate, appended (and fsync'ed) as each one ends.
+- ``trials.jsonl``: one JSON object per candidate, appended (and fsync'ed) as each one ends;
+- ``search.log``: the progress lines of every session.
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ class BudgetSearcher(Searcher):
             del accs[int(result["epoch"]) - 1:]
             accs.append(float(result["accuracy"]))
             live["train_s"] = float(result.get("train_seconds", 0.0))
+            live["node"] = result.get("node")
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         self.on_trial_result(trial_id, result or {})
@@ -133,6 +134,7 @@ class BudgetSearcher(Searcher):
                                                else optuna.trial.TrialState.FAIL))
         record = self._record(live["number"], live["arch"], status, flops, live["params"], error=error,
                               accuracies=accs, reference=live["reference"], ray_trial_id=trial_id,
+                              node=live.get("node"),
                               timings={"flops_s": round(live["flops_s"], 3),
                                        "train_s": round(live.get("train_s", 0.0), 3),
                                        "wall_s": round(time.time() - live["started"], 3)})
@@ -146,7 +148,8 @@ class BudgetSearcher(Searcher):
 
     def _record(self, number, arch: Arch, status: str, flops: int, params: int, *, error: str | None,
                 accuracies: list[float] = (), reference: str | None = None, ray_trial_id: str | None = None,
-                timings: dict[str, float] | None = None, note: str | None = None) -> dict[str, Any]:
+                timings: dict[str, float] | None = None, note: str | None = None,
+                node: str | None = None) -> dict[str, Any]:
         return {
             "trial_id": number if number is not None else f"ref-{reference}",
             "status": status,
@@ -160,6 +163,7 @@ class BudgetSearcher(Searcher):
             "error": error,
             "note": note,
             "ray_trial_id": ray_trial_id,
+            "node": node,
             "timings": timings or {},
             "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

@@ -39,8 +39,8 @@ class SearchConfig:
 
     budget: int
     space: str = "hybrid"
-    trials: int = 16
-    epochs: int = 3
+    trials: int = 20
+    epochs: int = 4
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     sampler: str = "tpe"
@@ -179,6 +179,7 @@ def _measure(arch: Arch) -> tuple[int, int]:
 
 def _trainable(config: dict[str, Any], data=None, train: TrainConfig = TrainConfig(), width_mult: float = 0.25) -> None:
     """One Ray Tune trial: build the candidate's proxy and train it, reporting accuracy after each epoch."""
+    import ray
     from ray import tune
 
     from .network import build
@@ -188,10 +189,11 @@ def _trainable(config: dict[str, Any], data=None, train: TrainConfig = TrainConf
     model = build(arch, width_mult=width_mult, in_chans=data.in_chans, num_classes=data.num_classes,
                   input_size=data.image_size)
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    node = ray.get_runtime_context().get_node_id()
     t0 = time.perf_counter()
 
     def report(epoch: int, accuracy: float, loss: float) -> None:
-        tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch,
+        tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch, "node": node,
                      "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9})
 
     train_proxy(model, data, dataclasses.replace(train, threads=threads), report)
@@ -229,10 +231,14 @@ def _error_text(trial) -> str:
         return "the trial failed (its worker died or its error could not be read)"
 
 
-def _clock_log(started: float):
+def _clock_log(started: float, path: Path):
+    """Print progress lines with the time since the start, and keep them in the run's search.log."""
     def log(message: str) -> None:
         elapsed = int(time.time() - started)
-        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}", flush=True)
+        line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}"
+        print(line, flush=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
     return log
 
 
@@ -249,7 +255,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     from .space import list_references, load_reference, load_space
 
     started = time.time()
-    log = log or _clock_log(started)
+    log = log or _clock_log(started, run.path / "search.log")
     space = load_space(config.space)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     log(f"opmix search '{run.path.name}': space {space.name}, budget {format_flops(config.budget)}FLOPs, "
@@ -385,6 +391,8 @@ def _print_summary(summary: dict[str, Any], budget: int) -> None:
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     budget = parse_budget(args.budget)
+    time_budget = _parse_duration(args.time_budget) if args.time_budget else (
+        14 * 60.0 if argv_is_default(args) else None)
     runs_dir = Path(args.runs_dir)
     name = _run_name(args, budget)
     run = RunDir(runs_dir / name)
@@ -407,8 +415,6 @@ def _main(argv: list[str] | None) -> int:
     _runs_dir_writable(runs_dir)
     if not args.resume:
         run.write_config({**dataclasses.asdict(config), "storage": args.storage})
-    time_budget = _parse_duration(args.time_budget) if args.time_budget else (
-        14 * 60.0 if argv_is_default(args) else None)
     try:
         summary = search(config, run=run, resume=args.resume, storage=args.storage, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

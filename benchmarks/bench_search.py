@@ -1,0 +1,165 @@
+"""What a search costs and how well it does. Four measurements, one subcommand each:
+
+    python benchmarks/bench_search.py trial-cost [--archs 5]        # (a) proxy epoch cost vs plain torch.mm
+    python benchmarks/bench_search.py overhead runs/NAME             # (b) driver wall time vs trial time
+    python benchmarks/bench_search.py quality [--trials 12]          # (c) hypervolume, TPE vs random, 3 seeds
+    python benchmarks/bench_search.py fidelity [--archs 10]          # (d) Kendall tau, proxy vs 5x training
+
+(a) and (d) train in this process; (c) runs real searches through the command line into a temporary
+runs folder. FLOPs are multiply-adds; a training step is counted as 3x the forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nas.data import load_dataset
+from nas.flops import count_flops
+from nas.network import build
+from nas.space import load_space
+from nas.train import TrainConfig, train_proxy
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return repeats * n ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+def proxy_of(arch, data, width_mult=0.25):
+    return build(arch, width_mult=width_mult, in_chans=data.in_chans, num_classes=data.num_classes,
+                 input_size=data.image_size)
+
+
+def trial_cost(args) -> None:
+    torch.set_num_threads(args.threads)
+    data = load_dataset("fashion-mnist", args.data_dir)
+    space = load_space(args.space)
+    rng = random.Random(args.seed)
+    peak = matmul_gflops()
+    print(f"torch {torch.__version__}, {args.threads} thread(s); torch.mm 2048^3: {peak:.1f} G multiply-adds/s")
+    print(f"{'architecture':70s} {'s/epoch':>8s} {'img/s':>7s} {'proxy MFLOPs':>12s} {'GFLOP/s':>8s} {'% of mm':>7s}")
+    cfg = TrainConfig(epochs=1, threads=args.threads)
+    for _ in range(args.archs):
+        arch = space.random(rng)
+        model = proxy_of(arch, data)
+        fwd = count_flops(model, (1, data.in_chans, data.image_size, data.image_size), deploy=False)
+        result = train_proxy(model, data, cfg)
+        rate = 3 * fwd * result.images_per_second / 1e9
+        ops = " ".join(f"{s.op}x{s.depth}" for s in arch.stages)
+        print(f"{ops:70s} {result.train_seconds:8.1f} {result.images_per_second:7.0f} {fwd / 1e6:12.1f} "
+              f"{rate:8.2f} {100 * rate / peak:6.1f}%", flush=True)
+
+
+def overhead(args) -> None:
+    run = Path(args.run)
+    records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["status"] != "infeasible"]
+    train = sum(r["timings"].get("train_s", 0.0) for r in trained)
+    wall_trials = sum(r["timings"].get("wall_s", 0.0) for r in trained)
+    flops_s = sum(r["timings"].get("flops_s", 0.0) for r in records)
+    wall = float(args.wall) if args.wall else _wall_from_log(run / "search.log")
+    print(f"{run}: {len(trained)} trained, {len(records) - len(trained)} rejected for the budget")
+    print(f"  sum of proxy training time   {train:8.1f} s")
+    print(f"  sum of trial wall time       {wall_trials:8.1f} s  (build, data, training, evaluation)")
+    print(f"  FLOP counting in the driver  {flops_s:8.1f} s  ({len(records)} candidates)")
+    if wall:
+        slots = args.slots
+        print(f"  search wall time             {wall:8.1f} s; with {slots} trials at a time, "
+              f"{100 * train / (slots * wall):.0f} % of the slot time trained proxies")
+    else:
+        print("  (pass --wall SECONDS, the time the search command took, for the ratio)")
+
+
+def _wall_from_log(path: Path) -> float | None:
+    """The last [mm:ss] stamp of the run's search.log (single-session runs)."""
+    if not path.exists():
+        return None
+    stamps = [line[1:6] for line in path.read_text().splitlines() if line.startswith("[")]
+    return 60 * int(stamps[-1][:2]) + int(stamps[-1][3:]) if stamps else None
+
+
+def quality(args) -> None:
+    from nas.pareto import hypervolume
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for sampler in ("tpe", "random"):
+            for seed in range(args.seeds):
+                name = f"{sampler}-{seed}"
+                cmd = [sys.executable, "-m", "nas.search", "--budget", args.budget, "--trials", str(args.trials),
+                       "--epochs", str(args.epochs), "--sampler", sampler, "--seed", str(seed), "--name", name,
+                       "--runs-dir", tmp, "--max-train", str(args.max_train)]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                recs = [json.loads(x) for x in (Path(tmp) / name / "trials.jsonl").read_text().splitlines()]
+                done = [r for r in recs if r["status"] == "completed"]
+                from nas.flops import parse_budget
+
+                hv = hypervolume([r["accuracy"] for r in done], [r["flops"] for r in done], parse_budget(args.budget))
+                rows.append((sampler, seed, hv, len(done), sum(r["status"] == "infeasible" for r in recs),
+                             time.perf_counter() - t0))
+                print(f"{sampler:7s} seed {seed}: hypervolume {hv:.4f}, {rows[-1][3]} completed, "
+                      f"{rows[-1][4]} infeasible, {rows[-1][5]:.0f} s", flush=True)
+    for sampler in ("tpe", "random"):
+        hvs = [r[2] for r in rows if r[0] == sampler]
+        print(f"{sampler:7s} mean hypervolume {sum(hvs) / len(hvs):.4f} over {len(hvs)} seeds")
+
+
+def fidelity(args) -> None:
+    from scipy.stats import kendalltau  # scipy comes with optuna's and ray's dependencies
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset("fashion-mnist", args.data_dir)
+    space = load_space(args.space)
+    rng = random.Random(args.seed)
+    short, long = [], []
+    default = TrainConfig(threads=args.threads)
+    longer = TrainConfig(epochs=5 * default.epochs, max_train=None, threads=args.threads)
+    for i in range(args.archs):
+        arch = space.random(rng)
+        short.append(train_proxy(proxy_of(arch, data), data, default).accuracies[-1])
+        long.append(train_proxy(proxy_of(arch, data), data, longer).accuracies[-1])
+        print(f"arch {i}: proxy {short[-1]:.4f}, 5x longer on the full training split {long[-1]:.4f}", flush=True)
+    tau, p = kendalltau(short, long)
+    print(f"Kendall tau {tau:.3f} (p = {p:.3g}) over {args.archs} architectures")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("trial-cost", "fidelity"):
+        p = sub.add_parser(name)
+        p.add_argument("--archs", type=int, default=5 if name == "trial-cost" else 10)
+        p.add_argument("--space", default="hybrid")
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p = sub.add_parser("overhead")
+    p.add_argument("run")
+    p.add_argument("--wall", default=None, help="the search's wall time in seconds")
+    p.add_argument("--slots", type=int, default=2, help="trials that ran at a time")
+    p = sub.add_parser("quality")
+    p.add_argument("--budget", default="4.5GFLOPs")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-train", type=int, default=1536)
+    p.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    {"trial-cost": trial_cost, "overhead": overhead, "quality": quality, "fidelity": fidelity}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

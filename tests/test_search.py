@@ -1,0 +1,194 @@
+"""python -m nas.search: bad input, a tiny real search, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search_helpers import write_space, write_tiny_fashion
+
+REQUIRED = {"trial_id", "status", "flops", "params", "accuracy", "epochs", "arch", "error", "timings"}
+
+
+def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "nas.search", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    write_tiny_fashion(root / "data")
+    write_space(root)
+    return root
+
+
+def small_args(workdir, *extra):
+    return ["--budget", "80M", "--space", str(workdir / "mini.yaml"), "--epochs", "2", "--max-train", "128",
+            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--budget", "4.5GB"], "4.5GFLOPs"),
+    (["--budget", "1G", "--sampler", "cmaes"], "tpe, nsga2, random"),
+    (["--budget", "1G", "--dataset", "mnist"], "fashion-mnist"),
+    (["--budget", "1G", "--space", "hybird"], "built-in spaces"),
+    (["--budget", "1G", "--trials", "-3"], "--trials -3"),
+    (["--budget", "1G", "--resume"], "--resume needs --name"),
+    (["--budget", "1G", "--resume", "--name", "nope"], "no run 'nope'"),
+    (["--budget", "1G", "--time-budget", "soon"], "--time-budget"),
+    (["--budget", "1G", "--name", "../escape"], "--name"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
+    result = run_search(*args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_runs_dir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_search("--budget", "1G", "--runs-dir", str(blocker / "runs"), cwd=tmp_path)
+    assert result.returncode == 2 and "cannot be written" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(workdir):
+    result = run_search(*small_args(workdir, "--trials", "3", "--name", "tiny", "--seed", "1"), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir / "runs" / "tiny", result
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+
+
+def test_tiny_search_records_every_candidate(finished_run):
+    run, result = finished_run
+    recs = records(run)
+    trained = [r for r in recs if r["status"] != "infeasible"]
+    assert len(trained) == 3
+    for r in recs:
+        assert REQUIRED <= set(r) and r["status"] in ("completed", "stopped", "infeasible", "failed")
+    for r in recs:
+        if r["status"] == "infeasible":  # measured, never trained
+            assert r["flops"] > 80e6 or r["note"] and r["accuracy"] is None and r["epochs"] == 0
+        else:
+            assert r["flops"] <= 80e6
+    assert any(r["status"] == "completed" for r in recs)
+    for r in recs:
+        if r["status"] == "completed":
+            assert r["epochs"] == 2 and r["accuracy"] == r["accuracies"][-1] and 0 <= r["accuracy"] <= 1
+        if r["status"] == "stopped":
+            assert r["epochs"] < 2
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["budget"] == 80_000_000 and config["trials"] == 3
+    assert "python -m nas.pareto" in result.stdout and "python -m nas.export" in result.stdout
+    assert "rejected for the budget" in result.stdout
+
+
+def test_study_agrees_with_the_records(finished_run):
+    run, _ = finished_run
+    study = optuna.load_study(study_name="opmix", storage=f"sqlite:///{run / 'study.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for r in records(run):
+        t = by_number[r["trial_id"]]
+        if r["status"] == "completed":
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [r["accuracy"], r["flops"]]
+        elif r["status"] == "stopped":
+            assert t.state == optuna.trial.TrialState.PRUNED  # never a COMPLETE with partial accuracy
+        elif r["status"] == "infeasible":
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.values[1] == r["flops"] > 80e6
+
+
+def test_existing_name_without_resume_is_refused_and_untouched(finished_run, workdir):
+    run, _ = finished_run
+    before = (run / "trials.jsonl").read_text(), (run / "config.yaml").read_text()
+    result = run_search(*small_args(workdir, "--trials", "3", "--name", "tiny"), cwd=workdir)
+    assert result.returncode == 2 and "--resume --name tiny" in result.stderr
+    assert ((run / "trials.jsonl").read_text(), (run / "config.yaml").read_text()) == before
+
+
+def test_resume_refuses_a_contradicting_flag(finished_run, workdir):
+    result = run_search(*small_args(workdir, "--name", "tiny", "--resume", "--sampler", "random"), cwd=workdir)
+    assert result.returncode == 2 and "sampler was 'tpe'" in result.stderr
+
+
+def test_resume_trains_only_new_candidates(finished_run, workdir):
+    run, _ = finished_run
+    before = records(run)
+    result = run_search(*small_args(workdir, "--name", "tiny", "--resume", "--trials", "5"), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = records(run)
+    assert after[:len(before)] == before  # nothing finished is lost or rewritten
+    ids = [r["trial_id"] for r in after]
+    assert len(ids) == len(set(ids))  # no candidate repeated
+    assert sum(r["status"] != "infeasible" for r in after) == 5
+    assert len(list((run / "ray").iterdir())) == 2  # one Tune session per invocation
+
+
+def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path, workdir):
+    """'boom' exists only in this process: the Ray workers cannot build it, a real build error there."""
+    import ray
+
+    import operators
+    from nas._run import RunDir
+    from nas.search import SearchConfig, search
+
+    if "boom" not in operators.list_ops():
+        operators.register_op("boom", operators.get_spec("resnet_basic").factory, paper="test", family="conv")
+    space = write_space(tmp_path, """
+        stem: {type: patch4, width: 16}
+        stages:
+        - {output_stride: 4, ops: [boom, convnext], width: [16], depth: [1, 2]}
+        """)
+    config = SearchConfig(budget=10**9, space=str(space), trials=4, epochs=1, data_dir=str(workdir / "data"),
+                          max_train=64, sampler="random", seed=3)
+    run = RunDir(tmp_path / "run")
+    run.write_config({})
+    try:
+        summary = search(config, run=run, log=lambda message: None)
+    finally:
+        ray.shutdown()
+    recs = run.read_trials()
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert failed and all(r["arch"]["stages"][0]["op"] == "boom" for r in failed)
+    assert all("'boom'" in r["error"] and "operator" in r["error"] for r in failed), failed
+    assert any(r["status"] == "completed" for r in recs)
+    assert sum(r["status"] != "infeasible" for r in recs) == 4
+    assert summary["failures"] == failed
+
+
+def test_search_across_two_ray_nodes(tmp_path, workdir):
+    """A Ray head and a second worker node on 127.0.0.1, one CPU each: trials run on both."""
+    import socket
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       check=True, capture_output=True, timeout=180)
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
+                       check=True, capture_output=True, timeout=180)
+        result = run_search(*small_args(workdir, "--trials", "4", "--name", "cluster", "--no-early-stop",
+                                        "--address", f"127.0.0.1:{port}"), cwd=workdir)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    trained = [r for r in records(workdir / "runs" / "cluster") if r["status"] != "infeasible"]
+    assert len(trained) == 4 and all(r["status"] == "completed" for r in trained)
+    assert len({r["node"] for r in trained}) == 2, [r["node"] for r in trained]
+    assert "2 at a time" in result.stdout
