@@ -192,3 +192,48 @@ def test_search_across_two_ray_nodes(tmp_path, workdir):
     assert len(trained) == 4 and all(r["status"] == "completed" for r in trained)
     assert len({r["node"] for r in trained}) == 2, [r["node"] for r in trained]
     assert "2 at a time" in result.stdout
+
+
+def test_resume_after_the_driver_is_killed(workdir):
+    """SIGKILL to the driver (and the Ray it started) mid-search; --resume keeps and never repeats a trial."""
+    import signal
+    import time
+
+    args = small_args(workdir, "--trials", "4", "--name", "killed", "--no-early-stop", "--epochs", "3")
+    proc = subprocess.Popen([sys.executable, "-m", "nas.search", *args], cwd=workdir, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = workdir / "runs" / "killed"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (run / "trials.jsonl").exists() and any(r["status"] != "infeasible" for r in records(run)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the search ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    before = records(run)
+    result = run_search(*small_args(workdir, "--name", "killed", "--resume", "--epochs", "3"), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = records(run)
+    assert after[:len(before)] == before
+    ids = [r["trial_id"] for r in after]
+    assert len(ids) == len(set(ids))
+    assert sum(r["status"] != "infeasible" for r in after) == 4
+    study = optuna.load_study(study_name="opmix", storage=f"sqlite:///{run / 'study.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_seed_references_trains_those_within_the_budget_first(tmp_path, workdir):
+    result = run_search("--budget", "4.2GFLOPs", "--space", str(workdir / "mini.yaml"), "--epochs", "1",
+                        "--max-train", "64", "--data-dir", str(workdir / "data"), "--runs-dir", str(tmp_path),
+                        "--trials", "1", "--name", "refs", "--seed-references", "--no-early-stop", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    recs = records(tmp_path / "refs")
+    refs = [r["reference"] for r in recs if r["reference"]]
+    # stored counts: resnet50 4.09 G, coatnet_0 4.15 G and acmix_resnet50 3.50 G fit 4.2 G; the others do not
+    assert sorted(refs) == ["acmix_resnet50", "coatnet_0", "resnet50"]
+    trained = [r for r in recs if r["status"] != "infeasible"]
+    assert trained[0]["reference"] is not None and sum(r["reference"] is None for r in trained) == 1
