@@ -32,9 +32,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_node(name: str) -> int:
+    """SIGKILL the raylet started with --node-name=NAME and every process below it (its trial workers)."""
+    parents: dict[int, int] = {}
+    raylet = None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        parents[int(proc.name)] = ppid
+        if "raylet" in cmd and f"--node-name={name} " in cmd + " ":
+            raylet = int(proc.name)
+    if raylet is None:
+        raise SystemExit(f"no raylet of node {name!r} found")
+    doomed = {raylet}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in doomed and pid not in doomed:
+                doomed.add(pid)
+                grew = True
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(doomed)
+
+
 def records(run: Path) -> list[dict]:
     path = run / "trials.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+ENV = {**os.environ, "HOME": tempfile.mkdtemp()}  # no ~/.ray/auth_token of an earlier local Ray (see tests)
 
 
 def main() -> None:
@@ -44,31 +80,34 @@ def main() -> None:
     parser.add_argument("--budget", default="4.5GFLOPs")
     args = parser.parse_args()
     port = free_port()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=ENV)
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *COMMON],
-                   check=True, capture_output=True)
-    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", "--block", *COMMON],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                   check=True, capture_output=True, env=ENV)
+    subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-name=doomed", *COMMON],
+                   check=True, capture_output=True, env=ENV)
     tmp = Path(tempfile.mkdtemp())
     run = tmp / "runs" / "killed"
     cmd = [sys.executable, "-m", "nas.search", "--budget", args.budget, "--trials", str(args.trials),
            "--epochs", "3", "--no-early-stop", "--name", "killed", "--runs-dir", str(tmp / "runs"),
            "--address", f"127.0.0.1:{port}", "--seed", "7"]
     t0 = time.time()
-    search = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    search = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
         while search.poll() is None:
             trained = [r for r in records(run) if r["status"] != "infeasible"]
             if len(trained) >= args.kill_after:
                 time.sleep(5)  # let the next trial start on the worker node
-                os.killpg(worker.pid, signal.SIGKILL)
-                print(f"[{time.time() - t0:5.0f} s] SIGKILL to the worker node after {len(trained)} trial(s)")
+                victims = kill_node("doomed")
+                print(f"[{time.time() - t0:5.0f} s] SIGKILL to the worker node ({victims} processes) after "
+                      f"{len(trained)} trial(s)")
                 break
             time.sleep(1)
         out, _ = search.communicate(timeout=3600)
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True)
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=ENV)
     print(f"[{time.time() - t0:5.0f} s] search exited with {search.returncode}")
+    if search.returncode:
+        print(out[-3000:])
     print("\n".join(line for line in out.splitlines() if "trial" in line and ("completed" in line or "FAILED" in line
                                                                                  or "stopped" in line)))
     recs = records(run)

@@ -2,6 +2,7 @@
 
 - ``config.yaml``: the resolved configuration (space file and its contents' name, budget, dataset, sampler,
   seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run;
+- ``space.yaml``: a copy of the space file, which a resumed run searches even if the original changed;
 - ``study.db``: the Optuna study (SQLite) unless ``--storage`` names another database;
 - ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one);
 - ``trials.jsonl``: one JSON object per candidate, appended (and fsync'ed) as each one ends;
@@ -30,6 +31,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     study = property(lambda self: self.path / "study.db")
     trials = property(lambda self: self.path / "trials.jsonl")
+    space = property(lambda self: self.path / "space.yaml")
     ray = property(lambda self: self.path / "ray")
 
     def exists(self) -> bool:

@@ -256,7 +256,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
 
     started = time.time()
     log = log or _clock_log(started, run.path / "search.log")
-    space = load_space(config.space)
+    space = load_space(run.space if run.space.is_file() else config.space)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     log(f"opmix search '{run.path.name}': space {space.name}, budget {format_flops(config.budget)}FLOPs, "
         f"{config.sampler} sampler, dataset {config.dataset} ({data.source}: {len(data.train_x)} train / "
@@ -413,10 +413,18 @@ def _main(argv: list[str] | None) -> int:
     load_space(config.space)  # fail on a bad space or dataset before anything is written
     load_dataset(config.dataset, config.data_dir, seed=config.seed)
     _runs_dir_writable(runs_dir)
-    if not args.resume:
-        run.write_config({**dataclasses.asdict(config), "storage": args.storage})
+    storage = args.storage
+    if args.resume:
+        storage = storage or run.read_config().get("storage")
+    else:
+        import shutil
+
+        from .space import resolve_space_path
+
+        run.write_config({**dataclasses.asdict(config), "storage": storage})
+        shutil.copyfile(resolve_space_path(config.space), run.space)  # the run keeps the space it searched
     try:
-        summary = search(config, run=run, resume=args.resume, storage=args.storage, address=args.address,
+        summary = search(config, run=run, resume=args.resume, storage=storage, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          time_budget_s=time_budget)
     except KeyboardInterrupt:

@@ -177,17 +177,21 @@ def test_search_across_two_ray_nodes(tmp_path, workdir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    # A fresh HOME: an ~/.ray/auth_token left by an earlier local Ray makes `ray start` nodes disagree on
+    # authentication (seen with ray 2.60); the cluster's nodes and the driver share this one.
+    env = {**os.environ, "HOME": str(tmp_path)}
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
     try:
         subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, capture_output=True, timeout=180)
+                       check=True, capture_output=True, timeout=180, env=env)
         subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
-                       check=True, capture_output=True, timeout=180)
+                       check=True, capture_output=True, timeout=180, env=env)
         result = run_search(*small_args(workdir, "--trials", "4", "--name", "cluster", "--no-early-stop",
-                                        "--address", f"127.0.0.1:{port}"), cwd=workdir)
+                                        "--address", f"127.0.0.1:{port}"), cwd=workdir,
+                            env_extra={"HOME": str(tmp_path)})
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
     trained = [r for r in records(workdir / "runs" / "cluster") if r["status"] != "infeasible"]
     assert len(trained) == 4 and all(r["status"] == "completed" for r in trained)
     assert len({r["node"] for r in trained}) == 2, [r["node"] for r in trained]
