@@ -70,7 +70,8 @@ def records(run: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-ENV = {**os.environ, "HOME": tempfile.mkdtemp()}  # no ~/.ray/auth_token of an earlier local Ray (see tests)
+# no ~/.ray/auth_token of an earlier local Ray, and no RAY_* variables it left (see tests/test_search.py)
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": tempfile.mkdtemp()}
 
 
 def main() -> None:

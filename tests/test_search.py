@@ -17,8 +17,14 @@ from search_helpers import write_space, write_tiny_fashion
 REQUIRED = {"trial_id", "status", "flops", "params", "accuracy", "epochs", "arch", "error", "timings"}
 
 
+def clean_env(**extra) -> dict:
+    """This process's environment without the RAY_* variables that an in-process ray.init leaves behind
+    (RAY_AUTH_MODE and the like), which would make a new Ray expect a token it cannot find."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
+
+
 def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 600):
-    env = {**os.environ, **(env_extra or {})}
+    env = clean_env(**(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "nas.search", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -161,10 +167,11 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path,
         ray.shutdown()
     recs = run.read_trials()
     failed = [r for r in recs if r["status"] == "failed"]
-    assert failed and all(r["arch"]["stages"][0]["op"] == "boom" for r in failed)
-    assert all("'boom'" in r["error"] and "operator" in r["error"] for r in failed), failed
-    assert any(r["status"] == "completed" for r in recs)
-    assert sum(r["status"] != "infeasible" for r in recs) == 4
+    brief = [(r["status"], r["arch"]["stages"][0]["op"], r["error"]) for r in recs]
+    assert failed and all(r["arch"]["stages"][0]["op"] == "boom" for r in failed), brief
+    assert all("'boom'" in r["error"] and "operator" in r["error"] for r in failed), brief
+    assert any(r["status"] == "completed" for r in recs), brief
+    assert sum(r["status"] != "infeasible" for r in recs) == 4, brief
     assert summary["failures"] == failed
 
 
@@ -179,13 +186,13 @@ def test_search_across_two_ray_nodes(tmp_path, workdir):
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     # A fresh HOME: an ~/.ray/auth_token left by an earlier local Ray makes `ray start` nodes disagree on
     # authentication (seen with ray 2.60); the cluster's nodes and the driver share this one.
-    env = {**os.environ, "HOME": str(tmp_path)}
+    env = clean_env(HOME=str(tmp_path))
     subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
     try:
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, capture_output=True, timeout=180, env=env)
-        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common],
-                       check=True, capture_output=True, timeout=180, env=env)
+        for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
+            started = subprocess.run([ray_cli, "start", *extra, *common], capture_output=True, text=True,
+                                     timeout=180, env=env)
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         result = run_search(*small_args(workdir, "--trials", "4", "--name", "cluster", "--no-early-stop",
                                         "--address", f"127.0.0.1:{port}"), cwd=workdir,
                             env_extra={"HOME": str(tmp_path)})
