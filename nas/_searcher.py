@@ -34,6 +34,7 @@ class BudgetSearcher(Searcher):
         self.references = list(references)  # trained first, then the sampler takes over
         self.seen = dict(seen or {})  # arch -> (accuracy, flops) of completed candidates: never trained twice
         self.live: dict[str, dict[str, Any]] = {}  # ray trial id -> what we know of the running candidate
+        self.errored: dict[str, Any] = {}  # ray trial id -> Tune trial, failed before Ray wrote its error
         self.rejected = 0
 
     # ----------------------------------------------------------------------------------------- suggest

@@ -210,7 +210,11 @@ def _progress_callback(searcher, epochs: int, log):
                 f"accuracy {result.get('accuracy', float('nan')):.4f}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            searcher.finish(trial.trial_id, error=_error_text(trial))
+            text = _error_text(trial)
+            if text is not None:
+                searcher.finish(trial.trial_id, error=text)
+            else:  # Ray writes the error a moment later: the driver records it when the session ends
+                searcher.errored[trial.trial_id] = trial
 
     return Progress()
 
@@ -222,13 +226,18 @@ def _label(config: dict[str, Any]) -> str:
     return f"{who:>10s}  {config['flops'] / 1e9:5.2f} GFLOPs  {ops}"
 
 
-def _error_text(trial) -> str:
-    try:
-        err = trial.get_error()
-        text = str(err).strip().splitlines()
-        return (text[-1] if text else repr(err))[:500]
-    except Exception:  # the error file may be gone on a worker that died
-        return "the trial failed (its worker died or its error could not be read)"
+def _error_text(trial) -> str | None:
+    """The last line of a failed trial's error, or None while Ray has not written it yet."""
+    sources = (lambda: trial.get_error(), lambda: Path(trial.error_file).read_text())
+    for source in sources:
+        try:
+            err = source()
+        except Exception:  # not written yet, or gone with a worker that died
+            continue
+        lines = [line for line in str(err or "").strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()[:500]
+    return None
 
 
 def _clock_log(started: float, path: Path):
@@ -317,8 +326,11 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         try:
             tuner.fit()
         finally:
-            for trial_id in list(searcher.live):  # cut off by the time budget, or the run is ending abnormally
-                searcher.finish(trial_id)
+            for trial_id in list(searcher.live):  # failed, cut off by the time budget, or the run is ending
+                trial = searcher.errored.get(trial_id)
+                error = None if trial is None else (
+                    _error_text(trial) or f"the trial failed; its error is under {run.ray}")
+                searcher.finish(trial_id, error=error)
     return summarize(run, config, started)
 
 
