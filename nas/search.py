@@ -253,8 +253,9 @@ def _clock_log(started: float, path: Path):
 
 def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: str | None = None,
            address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-           time_budget_s: float | None = None, log=None) -> dict[str, Any]:
-    """Run (or continue) a search into ``run``; returns the summary that ``main`` prints."""
+           time_budget_s: float | None = None, log=None, data=None) -> dict[str, Any]:
+    """Run (or continue) a search into ``run``; returns the summary that ``main`` prints. ``data`` is the
+    loaded dataset when the caller has it already."""
     import optuna
     import ray
     from ray import tune
@@ -266,7 +267,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     started = time.time()
     log = log or _clock_log(started, run.path / "search.log")
     space = load_space(run.space if run.space.is_file() else config.space)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    data = data or load_dataset(config.dataset, config.data_dir, seed=config.seed)
     log(f"opmix search '{run.path.name}': space {space.name}, budget {format_flops(config.budget)}FLOPs, "
         f"{config.sampler} sampler, dataset {config.dataset} ({data.source}: {len(data.train_x)} train / "
         f"{len(data.val_x)} val images)")
@@ -423,7 +424,7 @@ def _main(argv: list[str] | None) -> int:
     from .space import load_space
 
     load_space(config.space)  # fail on a bad space or dataset before anything is written
-    load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     _runs_dir_writable(runs_dir)
     storage = args.storage
     if args.resume:
@@ -438,7 +439,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         summary = search(config, run=run, resume=args.resume, storage=storage, address=args.address,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                         time_budget_s=time_budget)
+                         time_budget_s=time_budget, data=data)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are kept in {run.trials}. Continue with:\n"
               f"  {PROG} --budget {args.budget} --resume --name {name} --runs-dir {runs_dir}", file=sys.stderr)
