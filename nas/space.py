@@ -25,7 +25,7 @@ from .arch import (DOWNSAMPLE_TYPES, HEAD_TYPES, STEM_TYPES, Arch, ArchError, He
                    _Reader, dump_arch, load_arch, read_yaml)
 
 __all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
-           "list_references", "load_reference", "Arch", "load_arch", "dump_arch", "sample_arch"]
+           "list_references", "load_reference", "Arch", "load_arch", "dump_arch"]
 
 CONSTRAINTS = ("widths_non_decreasing", "max_total_depth")
 RESERVED = ("op", "width")  # keys of an ops entry that are not operator parameters
@@ -222,10 +222,6 @@ class _RandomTrial:
 
     def suggest_categorical(self, name: str, choices: list) -> Any:
         return self.rng.choice(choices)
-
-
-def sample_arch(trial: Any, space: Space) -> Arch:
-    return space.sample(trial)
 
 
 # --------------------------------------------------------------------------------------------- loading
