@@ -23,19 +23,24 @@ from pathlib import Path
 import torch
 
 from nas.data import load_dataset
-from nas.flops import count_flops
 from nas.network import build
 from nas.space import load_space
 from nas.train import TrainConfig, train_proxy
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(repeats: int = 10) -> tuple[float, str]:
+    """The multiply-add rate of a plain matrix product where proxies train: fp32 on the CPU, bf16 on CUDA."""
+    cuda = torch.cuda.is_available()
+    n, kw = (8192, {"device": "cuda", "dtype": torch.bfloat16}) if cuda else (2048, {})
+    a, b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
     torch.mm(a, b)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b)
-    return repeats * n ** 3 / (time.perf_counter() - t0) / 1e9
+    sync()
+    return repeats * n ** 3 / (time.perf_counter() - t0) / 1e9, f"torch.mm {n}^3 {'bf16 cuda' if cuda else 'fp32'}"
 
 
 def proxy_of(arch, data, width_mult=0.25):
@@ -48,8 +53,10 @@ def trial_cost(args) -> None:
     data = load_dataset("fashion-mnist", args.data_dir)
     space = load_space(args.space)
     rng = random.Random(args.seed)
-    peak = matmul_gflops()
-    print(f"torch {torch.__version__}, {args.threads} thread(s); torch.mm 2048^3: {peak:.1f} G multiply-adds/s")
+    from nas.flops import count_flops
+
+    peak, what = matmul_gflops()
+    print(f"torch {torch.__version__}, {args.threads} thread(s); {what}: {peak:.1f} G multiply-adds/s")
     print(f"{'architecture':70s} {'s/epoch':>8s} {'img/s':>7s} {'proxy MFLOPs':>12s} {'GFLOP/s':>8s} {'% of mm':>7s}")
     cfg = TrainConfig(epochs=1, threads=args.threads)
     for _ in range(args.archs):
@@ -118,23 +125,87 @@ def quality(args) -> None:
         print(f"{sampler:7s} mean hypervolume {sum(hvs) / len(hvs):.4f} over {len(hvs)} seeds")
 
 
-def fidelity(args) -> None:
-    from scipy.stats import kendalltau  # scipy comes with optuna's and ray's dependencies
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b: (concordant - discordant) pairs over the pairs untied in each list, ties counted out."""
+    pairs = [(a[i] - a[j], b[i] - b[j]) for i in range(len(a)) for j in range(i)]
+    s = sum((x * y > 0) - (x * y < 0) for x, y in pairs)
+    untied_a = sum(x != 0 for x, _ in pairs)
+    untied_b = sum(y != 0 for _, y in pairs)
+    return s / (untied_a * untied_b) ** 0.5 if untied_a and untied_b else float("nan")
 
-    torch.set_num_threads(args.threads)
+
+def _shuffles(values: list[float], n: int, seed: int):
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield rng.sample(values, len(values))
+
+
+def _fidelity_job(arch: dict, config: TrainConfig, data_dir: str | None, width_mult: float) -> list[float]:
+    """One training (in a worker process): the accuracies after each epoch."""
+    from nas.arch import Arch
+
+    data = load_dataset("fashion-mnist", data_dir)
+    return train_proxy(proxy_of(Arch.from_dict(arch), data, width_mult), data, config).accuracies
+
+
+def fidelity(args) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    from nas.search import SearchConfig
+
+    d = SearchConfig(budget=0)  # the search defaults: the proxy that ranks candidates
+    threads = max(1, (args.threads or 1))
+    proxy = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, max_train=d.max_train, threads=threads)
+    longer = TrainConfig(epochs=5 * d.epochs, batch_size=args.long_batch, lr=args.long_lr, max_train=None, max_val=None,
+                         threads=threads)
     data = load_dataset("fashion-mnist", args.data_dir)
+    print(f"{data.source}: {len(data.train_x)} training, {len(data.val_x)} validation images; "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {args.jobs} job(s) of {threads} thread(s)")
+    print(f"proxy: {proxy.epochs} epochs on {proxy.max_train} images, batch {proxy.batch_size}, lr {proxy.lr}, "
+          f"validated on {proxy.max_val}; reference: {longer.epochs} epochs on all, batch {longer.batch_size}, "
+          f"lr {longer.lr}, validated on all", flush=True)
     space = load_space(args.space)
     rng = random.Random(args.seed)
-    short, long = [], []
-    default = TrainConfig(threads=args.threads)
-    longer = TrainConfig(epochs=5 * default.epochs, max_train=None, threads=args.threads)
-    for i in range(args.archs):
-        arch = space.random(rng)
-        short.append(train_proxy(proxy_of(arch, data), data, default).accuracies[-1])
-        long.append(train_proxy(proxy_of(arch, data), data, longer).accuracies[-1])
-        print(f"arch {i}: proxy {short[-1]:.4f}, 5x longer on the full training split {long[-1]:.4f}", flush=True)
-    tau, p = kendalltau(short, long)
-    print(f"Kendall tau {tau:.3f} (p = {p:.3g}) over {args.archs} architectures")
+    archs = [space.random(rng).to_dict() for _ in range(args.archs)]
+    setup = {"train_images": len(data.train_x), "val_images": len(data.val_x),
+             **{k: {f: v for f, v in vars(c).items() if f not in ("threads", "device")}
+                for k, c in (("proxy", proxy), ("reference", longer))}}
+    results: dict[tuple[str, int], list[float]] = {}
+    if args.out and Path(args.out).exists():  # go on from an earlier, cut-short run of the same measurement
+        saved = json.loads(Path(args.out).read_text())
+        if saved["archs"] != archs or saved["setup"] != setup:
+            raise SystemExit(f"{args.out} holds another measurement (other architectures, data or training "
+                             "settings); pass another --out")
+        results = {(k.rsplit("-", 1)[0], int(k.rsplit("-", 1)[1])): v for k, v in saved["results"].items()}
+        print(f"{args.out}: {len(results)} trainings done before, kept")
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        only = range(args.archs) if args.only is None else [int(i) for i in args.only.split(",")]
+        # The proxies first: they take seconds, and a cut-short run still has all of them.
+        futures = {pool.submit(_fidelity_job, archs[i], cfg, args.data_dir, d.width_mult): (kind, i)
+                   for kind, cfg in (("proxy", proxy), ("reference", longer)) for i in only
+                   if (kind, i) not in results}
+        for fut in concurrent.futures.as_completed(futures):
+            kind, i = futures[fut]
+            results[kind, i] = fut.result()
+            print(f"[{time.perf_counter() - t0:6.0f} s] arch {i} {kind}: "
+                  + " ".join(f"{a:.3f}" for a in results[kind, i]), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps({"archs": archs, "setup": setup, "results": {
+                    f"{k}-{j}": v for (k, j), v in results.items()}}, indent=1))
+    only = [i for i in range(args.archs) if ("reference", i) in results]
+    short = [results["proxy", i][-1] for i in only]
+    long = [results["reference", i][-1] for i in only]
+    print(f"\n{'#':>2s}  {'stage ops':60s} {'proxy':>6s} {'5x, all':>8s}")
+    for i, acc, ref in zip(only, short, long):
+        ops = " ".join(f"{s['op']}x{s['depth']}" for s in archs[i]["stages"])
+        print(f"{i:2d}  {ops:60s} {acc:6.3f} {ref:8.3f}")
+    tau = kendall_tau(short, long)
+    p = sum(kendall_tau(short, perm) >= tau for perm in _shuffles(long, 2000, args.seed)) / 2000
+    print(f"Kendall tau-b {tau:.3f} (one-sided permutation p = {p:.3f}) over {len(only)} of {args.archs} "
+          f"architectures; {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
@@ -146,7 +217,14 @@ def main() -> None:
         p.add_argument("--space", default="hybrid")
         p.add_argument("--data-dir", default=None)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=torch.get_num_threads())
+        p.add_argument("--threads", type=int, default=torch.get_num_threads() if name == "trial-cost" else 1)
+        if name == "fidelity":
+            p.add_argument("--jobs", type=int, default=1, help="trainings at a time (worker processes)")
+            p.add_argument("--long-batch", type=int, default=64, help="batch size of the 5x longer reference training")
+            p.add_argument("--long-lr", type=float, default=3e-3, help="its learning rate")
+            p.add_argument("--only", default=None, help="train only these architectures (comma-separated indices)")
+            p.add_argument("--out", default=None, help="a JSON file to write the accuracies to as they come; "
+                           "when it exists, the trainings it holds are not run again")
     p = sub.add_parser("overhead")
     p.add_argument("run")
     p.add_argument("--wall", default=None, help="the search's wall time in seconds")

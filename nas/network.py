@@ -16,6 +16,8 @@ same Arch and the exported code.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,10 +25,12 @@ from torch import nn
 import operators
 from operators._layers import ConvNormAct, LayerNorm2d
 from operators.convnext import PatchDown
+from operators.repvgg import repvgg
 
 from .arch import STEM_TYPES, Arch, StageArch
 
-__all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "SMALL_IMAGE"]
+__all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
+           "stem_kind", "STEMS", "DOWNSAMPLERS", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
 
@@ -46,18 +50,76 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x))
 
 
+def stem_conv7_pool(in_chs: int, width: int) -> nn.Module:
+    """ResNet: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool."""
+    return nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1))
+
+
+def stem_patch4(in_chs: int, width: int) -> nn.Module:
+    """Swin / ConvNeXt: 4x4 stride-4 patchify, LayerNorm."""
+    return PatchEmbed(in_chs, width, 4)
+
+
+def stem_conv3x2(in_chs: int, width: int) -> nn.Module:
+    """CoAtNet S0: 3x3 stride-2 conv, BN, GELU, then a 3x3 conv (the next block pre-norms)."""
+    return nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
+
+
+def stem_repvgg(in_chs: int, width: int) -> nn.Module:
+    """RepVGG: a RepVGG block of stride 2."""
+    return repvgg(in_chs, width, 2)
+
+
+def stem_small1(in_chs: int, width: int) -> nn.Module:
+    """Small images: one 3x3 conv, BN, ReLU, stride 1."""
+    return ConvNormAct(in_chs, width, 3, 1)
+
+
+def stem_small2(in_chs: int, width: int) -> nn.Module:
+    """Small images: one 3x3 conv, BN, ReLU, stride 2."""
+    return ConvNormAct(in_chs, width, 3, 2)
+
+
+STEMS = {"conv7_pool": stem_conv7_pool, "patch4": stem_patch4, "conv3x2": stem_conv3x2, "repvgg": stem_repvgg,
+         "small1": stem_small1, "small2": stem_small2}
+
+
 def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
-    if kind == "conv7_pool":  # ResNet: 7x7 stride 2 conv, BN, ReLU, 3x3 stride 2 max-pool
-        return nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1))
-    if kind == "patch4":  # Swin / ConvNeXt: 4x4 stride 4 patchify + LayerNorm
-        return PatchEmbed(in_chs, width, 4)
-    if kind == "conv3x2":  # CoAtNet S0: 3x3 stride 2 conv + BN + GELU, 3x3 conv (the next block pre-norms)
-        return nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
-    if kind == "repvgg":  # RepVGG: a RepVGG block with stride 2
-        return operators.create_op("repvgg", in_chs, width, 2)
-    if kind.startswith("small"):  # "small1" / "small2": one 3x3 conv of that stride, BN, ReLU
-        return ConvNormAct(in_chs, width, 3, int(kind[-1]))
-    raise ValueError(f"unknown stem type {kind!r}")
+    if kind not in STEMS:
+        raise ValueError(f"unknown stem type {kind!r}; known: {', '.join(STEMS)}")
+    return STEMS[kind](in_chs, width)
+
+
+def stem_kind(arch: Arch, input_size: int | None = None) -> str:
+    """The Arch's stem, or the small-image stem at half its stride (2 at most) for inputs of <= 64 px."""
+    if (input_size or arch.input_size) <= SMALL_IMAGE:
+        return f"small{min(2, max(1, STEM_TYPES[arch.stem.type] // 2))}"
+    return arch.stem.type
+
+
+def conv_down(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+    """A stage's separate downsampling layer: 3x3 conv, BN, ReLU."""
+    return ConvNormAct(in_chs, out_chs, 3, stride)
+
+
+DOWNSAMPLERS = {"conv": conv_down, "patch": PatchDown}  # ``downsample: op`` leaves it to the operator
+
+
+def stage_layers(block: Callable[..., nn.Module], in_chs: int, width: int, depth: int, stride: int = 1,
+                 alternate: tuple[str, ...] = (), downsample: Callable[[int, int, int], nn.Module] | None = None,
+                 **kwargs) -> list[nn.Module]:
+    """A stage: ``downsample(in_chs, width, stride)`` first when given and needed, then ``depth`` blocks
+    ``block(in_chs, width, stride, **kwargs)``, the first taking the stride and width change; each keyword in
+    ``alternate`` (Swin's shift) is False in even blocks and True in odd ones unless ``kwargs`` sets it."""
+    layers: list[nn.Module] = []
+    if downsample is not None and (stride > 1 or in_chs != width):
+        layers.append(downsample(in_chs, width, stride))
+        in_chs, stride = width, 1
+    for j in range(depth):
+        layers.append(block(in_chs, width, stride if j == 0 else 1,
+                            **{**{name: bool(j % 2) for name in alternate}, **kwargs}))
+        in_chs = width
+    return layers
 
 
 class Head(nn.Module):
@@ -115,22 +177,10 @@ def scale_width(width: int, mult: float, op: str | None = None, params: dict | N
 
 
 def stage_blocks(stage: StageArch, in_chs: int, width: int, depth: int | None = None) -> list[nn.Module]:
-    """The blocks of ``stage`` (the first ``depth`` of them when given): a separate downsampling layer
-    first when the stage asks for one, then the operator's blocks with alternating keywords."""
+    """The layers of ``stage`` (with ``depth``, only the first ``depth`` blocks)."""
     spec = operators.get_spec(stage.op)
-    blocks: list[nn.Module] = []
-    stride = stage.stride
-    if stage.downsample != "op" and (stride > 1 or in_chs != width):
-        blocks.append(ConvNormAct(in_chs, width, 3, stride) if stage.downsample == "conv"
-                      else PatchDown(in_chs, width, stride))
-        in_chs, stride = width, 1
-    for j in range(stage.depth if depth is None else depth):
-        kwargs = dict(stage.params)
-        for name in spec.alternate:
-            kwargs.setdefault(name, bool(j % 2))
-        blocks.append(operators.create_op(stage.op, in_chs, width, stride if j == 0 else 1, **kwargs))
-        in_chs = width
-    return blocks
+    return stage_layers(spec.factory, in_chs, width, stage.depth if depth is None else depth, stage.stride,
+                        alternate=spec.alternate, downsample=DOWNSAMPLERS.get(stage.downsample), **stage.kwargs)
 
 
 def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, num_classes: int | None = None,
@@ -140,9 +190,6 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
         raise ValueError(f"width_mult={width_mult!r} must be > 0 (1.0 builds the full-size network)")
     in_chans = in_chans or arch.in_chans
     size = input_size or arch.input_size
-    stem_kind = arch.stem.type
-    if size <= SMALL_IMAGE:  # half the stem's stride, 2 at most (see the module docstring)
-        stem_kind = f"small{min(2, max(1, STEM_TYPES[arch.stem.type] // 2))}"
     stem_width = scale_width(arch.stem.width, width_mult)
     stages, cin = [], stem_width
     for stage in arch.stages:
@@ -151,7 +198,7 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
         cin = width
     head = Head(arch.head.type, cin, num_classes or arch.num_classes,
                 scale_width(arch.head.hidden, width_mult) if arch.head.hidden else 0)
-    return OpmixNet(make_stem(stem_kind, in_chans, stem_width), stages, head)
+    return OpmixNet(make_stem(stem_kind(arch, size), in_chans, stem_width), stages, head)
 
 
 def build_uninitialized(arch: Arch, **kwargs) -> OpmixNet:

@@ -1,10 +1,34 @@
-"""The Pareto front of accuracy against FLOPs, as small pure functions over arrays."""
+"""``python -m nas.pareto runs/NAME``: the Pareto front of accuracy against FLOPs of a search.
+
+The front is the set of completed trials that no other completed trial beats in both objectives (proxy
+accuracy up, full-size deploy FLOPs down). Trials stopped early by ASHA (partial training), infeasible ones
+(over the budget, never trained) and failed ones never enter it. The recommended pick is the most accurate
+completed trial within the budget (the cheaper one on a tie). Hypervolume: the area the front dominates
+against the reference point (accuracy 0, FLOPs = budget), with FLOPs in units of the budget, so 1.0 would
+be 100 % accuracy at no cost.
+
+The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a finished run, on one that is
+still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
+object) and writes ``pareto.csv``, ``pareto.json`` and ``pareto.png`` into the run directory. The run's
+Optuna study is in ``study.db``; ``optuna-dashboard sqlite:///runs/NAME/study.db`` browses it.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-__all__ = ["pareto_mask", "hypervolume"]
+from . import _cli
+from ._run import STATUSES, RunDir
+
+__all__ = ["pareto_mask", "hypervolume", "analyze", "arch_line", "front_table", "write_outputs", "plot_front"]
+
+PROG = "python -m nas.pareto"
 
 
 def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...] = (True, False)) -> np.ndarray:
@@ -45,3 +69,187 @@ def hypervolume(accuracy: np.ndarray, flops: np.ndarray, budget: float) -> float
             volume += (a - level) * (1.0 - f)
             level = a
     return volume
+
+
+def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    """The front of a run's records: counts by status, the front (cheapest first), the recommended pick and
+    the hypervolume. Only ``completed`` records are candidates."""
+    done = [r for r in records if r["status"] == "completed"]
+    pts = np.array([[r["accuracy"], r["flops"]] for r in done], dtype=float).reshape(-1, 2)
+    mask = pareto_mask(pts)
+    front = sorted((r for r, m in zip(done, mask) if m), key=lambda r: (r["flops"], -r["accuracy"]))
+    within = [r for r in done if r["flops"] <= budget]
+    best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
+    return {"by_status": {s: sum(r["status"] == s for r in records) for s in STATUSES},
+            "completed": done, "front": front, "best": best,
+            "hypervolume": hypervolume(pts[:, 0], pts[:, 1], budget)}
+
+
+def arch_line(arch: dict[str, Any]) -> str:
+    """One compact line per architecture: per stage, op x depth and width."""
+    return " | ".join(f"{s['op']} x{s['depth']} {s['width']}" for s in arch["stages"])
+
+
+def trial_name(record: dict[str, Any]) -> str:
+    return f"ref {record['reference']}" if record.get("reference") else str(record["trial_id"])
+
+
+def front_table(analysis: dict[str, Any]) -> list[str]:
+    """The front as text lines: '*' marks the recommended pick, references are named."""
+    lines = [f"  {'trial':>18s} {'accuracy':>9s} {'GFLOPs':>7s} {'params':>8s}  architecture (op xdepth width)"]
+    for r in analysis["front"]:
+        mark = "*" if r is analysis["best"] else " "
+        lines.append(f"{mark} {trial_name(r):>18s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.3f} "
+                     f"{r['params'] / 1e6:7.2f}M  {arch_line(r['arch'])}")
+    return lines
+
+
+def _front_entry(record: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
+    return {"trial_id": record["trial_id"], "reference": record.get("reference"), "accuracy": record["accuracy"],
+            "flops": record["flops"], "params": record["params"], "epochs": record.get("epochs"),
+            "recommended": record is best, "arch": record["arch"]}
+
+
+def as_json(run: RunDir, analysis: dict[str, Any], budget: float) -> dict[str, Any]:
+    best = analysis["best"]
+    return {"run": str(run.path), "budget": budget, "hypervolume": analysis["hypervolume"],
+            "trials": analysis["by_status"],
+            "recommended": None if best is None else best["trial_id"],
+            "front": [_front_entry(r, best) for r in analysis["front"]]}
+
+
+def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_path: Path | None = None) -> list[Path]:
+    """``pareto.csv``, ``pareto.json`` and the plot; each written to a temporary name first, then renamed."""
+    written = []
+    data = as_json(run, analysis, budget)
+    path = run.path / "pareto.json"
+    _atomic_write(path, json.dumps(data, indent=1) + "\n")
+    written.append(path)
+    path = run.path / "pareto.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"])
+        for e in data["front"]:
+            writer.writerow([e["trial_id"], e["reference"] or "", f"{e['accuracy']:.6f}", e["flops"],
+                             f"{e['flops'] / 1e9:.4f}", e["params"], int(e["recommended"]), arch_line(e["arch"])])
+    tmp.replace(path)
+    written.append(path)
+    written.append(plot_front(run, analysis, budget, plot_path or run.path / "pareto.png"))
+    return written
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path) -> Path:
+    """Every evaluated trial in grey, the front joined as a staircase, the budget as a line, references named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = run.read_trials()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    done, front, best = analysis["completed"], analysis["front"], analysis["best"]
+    stopped = [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None]
+    if stopped:
+        ax.scatter([r["flops"] / 1e9 for r in stopped], [r["accuracy"] for r in stopped], marker="x", s=22,
+                   color="0.75", label=f"stopped early ({len(stopped)}, partial training)")
+    if done:
+        ax.scatter([r["flops"] / 1e9 for r in done], [r["accuracy"] for r in done], s=22, color="0.55",
+                   label=f"completed ({len(done)})")
+    if front:
+        xs, ys = [r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front]
+        ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, zorder=3)
+        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=4, label=f"Pareto front ({len(front)})")
+    if best is not None:
+        ax.scatter([best["flops"] / 1e9], [best["accuracy"]], s=220, marker="*", color="tab:orange", zorder=5,
+                   edgecolor="black", linewidth=0.6, label=f"recommended: {trial_name(best)}")
+    for r in done:
+        if r.get("reference"):
+            ax.annotate(r["reference"], (r["flops"] / 1e9, r["accuracy"]), textcoords="offset points",
+                        xytext=(5, -11), fontsize=8, color="tab:red")
+            ax.scatter([r["flops"] / 1e9], [r["accuracy"]], s=60, facecolors="none", edgecolors="tab:red",
+                       zorder=4)
+    ax.axvline(budget / 1e9, color="tab:red", ls="--", lw=1, label=f"budget {budget / 1e9:g} GFLOPs")
+    counts = analysis["by_status"]
+    ax.set_title(f"{run.path.name}: {counts['completed']} completed, {counts['stopped']} stopped, "
+                 f"{counts['infeasible']} over budget, {counts['failed']} failed; "
+                 f"hypervolume {analysis['hypervolume']:.3f}", fontsize=9)
+    ax.set_xlabel("GFLOPs (full-size network, deploy form, multiply-adds)")
+    ax.set_ylabel("proxy validation accuracy")
+    widest = max([budget] + [r["flops"] for r in done + stopped])
+    ax.set_xlim(0, widest / 1e9 * 1.12)
+    ax.grid(alpha=0.3)
+    if not done and not stopped:
+        ax.text(0.5, 0.5, "no trained trial yet", transform=ax.transAxes, ha="center", color="0.4")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, Any]]]:
+    """The run at ``path``: its directory, configuration and trial records (one-line errors otherwise)."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise ValueError(f"{run.path}: no such run folder; pass runs/NAME as python -m nas.search made it")
+    if not run.exists():
+        raise ValueError(f"{run.path}: not a run folder (no config.yaml); pass runs/NAME as python -m nas.search "
+                         f"made it")
+    config = run.read_config()
+    if not isinstance(config.get("budget"), (int, float)):
+        raise ValueError(f"{run.config}: has no numeric 'budget'; was it written by python -m nas.search?")
+    return run, config, run.read_trials()
+
+
+def _parser() -> _cli.Parser:
+    p = _cli.Parser(prog=PROG, description="Print and plot the Pareto front (accuracy up, FLOPs down) of a search "
+                    "run; writes pareto.csv, pareto.json and pareto.png into the run folder.")
+    p.add_argument("run", help="the run folder, e.g. runs/NAME")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with a 'front' list) instead of "
+                   "the table")
+    p.add_argument("--plot", default=None, help="where to write the plot (default: RUN/pareto.png)")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    run, config, records = load_run(args.run)
+    budget = config["budget"]
+    analysis = analyze(records, budget)
+    written = write_outputs(run, analysis, budget, Path(args.plot) if args.plot else None)
+    if args.json:
+        json.dump(as_json(run, analysis, budget), sys.stdout, indent=1)
+        print()
+        return 0
+    s = analysis["by_status"]
+    print(f"{run.path}: budget {budget / 1e9:g} GFLOPs; {s['completed']} completed, {s['stopped']} stopped early, "
+          f"{s['infeasible']} rejected for the budget, {s['failed']} failed")
+    if not analysis["front"]:
+        print("no completed trial yet: the front is empty")
+    else:
+        print("Pareto front (accuracy up, FLOPs down; * the recommended pick, the best within the budget):")
+        print("\n".join(front_table(analysis)))
+        print(f"  hypervolume {analysis['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
+    print("wrote " + ", ".join(str(p) for p in written))
+    if analysis["best"] is not None:
+        print(f"next: python -m nas.export {run.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    _cli.run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _cli
-from ._run import STATUSES, RunDir
+from ._run import RunDir
 from .arch import Arch
 from .flops import format_flops, parse_budget
 from .train import TrainConfig
@@ -357,25 +357,17 @@ def _close_interrupted(study, run: RunDir, records, log) -> None:
 
 
 def summarize(run: RunDir, config: SearchConfig, started: float | None = None) -> dict[str, Any]:
-    import numpy as np
-
-    from .pareto import hypervolume, pareto_mask
+    from .pareto import analyze
 
     records = run.read_trials()
-    by_status = {s: sum(r["status"] == s for r in records) for s in STATUSES}
-    done = [r for r in records if r["status"] == "completed"]
-    pts = np.array([[r["accuracy"], r["flops"]] for r in done], dtype=float).reshape(-1, 2)
-    mask = pareto_mask(pts) if len(done) else np.zeros(0, bool)
-    front = sorted((r for r, m in zip(done, mask) if m), key=lambda r: r["flops"])
-    within = [r for r in done if r["flops"] <= config.budget]
-    best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
-    return {"run": str(run.path), "by_status": by_status, "front": front, "best": best,
+    return {**analyze(records, config.budget), "run": str(run.path),
             "failures": [r for r in records if r["status"] == "failed"],
-            "hypervolume": hypervolume(pts[:, 0], pts[:, 1], config.budget) if len(done) else 0.0,
             "seconds": (time.time() - started) if started else None}
 
 
 def _print_summary(summary: dict[str, Any], budget: int) -> None:
+    from .pareto import front_table, trial_name
+
     s = summary["by_status"]
     print(f"\ntrials: {s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed, "
           f"{s['infeasible']} rejected for the budget ({format_flops(budget)}FLOPs)")
@@ -383,17 +375,11 @@ def _print_summary(summary: dict[str, Any], budget: int) -> None:
         print(f"  failed: trial {r['trial_id']}: {r['error']}")
     if summary["front"]:
         print("Pareto front (accuracy up, FLOPs down):")
-        print(f"  {'trial':>8s} {'accuracy':>9s} {'GFLOPs':>7s} {'params':>8s}  architecture")
-        for r in summary["front"]:
-            ops = " | ".join(f"{st['op']} x{st['depth']} {st['width']}" for st in r["arch"]["stages"])
-            mark = "*" if r is summary["best"] else " "
-            name = r["reference"] or r["trial_id"]
-            print(f"{mark} {str(name):>8s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.2f} "
-                  f"{r['params'] / 1e6:7.2f}M  {ops}")
+        print("\n".join(front_table(summary)))
         print(f"  hypervolume {summary['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
     if summary["best"]:
         b = summary["best"]
-        print(f"best within the budget (*): trial {b['reference'] or b['trial_id']}, accuracy {b['accuracy']:.4f}, "
+        print(f"best within the budget (*): trial {trial_name(b)}, accuracy {b['accuracy']:.4f}, "
               f"{b['flops'] / 1e9:.2f} GFLOPs, {b['params'] / 1e6:.2f} M params")
     if summary["seconds"] is not None:
         print(f"time: {summary['seconds'] / 60:.1f} min")

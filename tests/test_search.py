@@ -249,3 +249,41 @@ def test_seed_references_trains_those_within_the_budget_first(tmp_path, workdir)
     assert sorted(refs) == ["acmix_resnet50", "coatnet_0", "resnet50"]
     trained = [r for r in recs if r["status"] != "infeasible"]
     assert trained[0]["reference"] is not None and sum(r["reference"] is None for r in trained) == 1
+
+
+def test_pareto_of_a_real_run_agrees_with_optuna(finished_run):
+    """The study loads with optuna.load_study, and its own Pareto front (Optuna ranks feasible COMPLETE trials;
+    stopped trials are PRUNED, infeasible ones carry a positive constraint) is ours."""
+    import optuna
+
+    from nas.pareto import analyze
+
+    run, _ = finished_run
+    result = subprocess.run([sys.executable, "-m", "nas.pareto", str(run), "--json"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(result.stdout)
+    recs = records(run)
+    assert [e["trial_id"] for e in ours["front"]] == [r["trial_id"] for r in analyze(recs, 80e6)["front"]]
+    assert ours["front"], "the tiny run should have completed trials"
+    study = optuna.load_study(study_name="opmix", storage=f"sqlite:///{run / 'study.db'}")
+    feasible = [t for t in study.best_trials
+                if t.state == optuna.trial.TrialState.COMPLETE and all(v <= 0 for v in (t.constraints or {}).values())]
+    theirs = {(round(t.values[0], 9), int(t.values[1])) for t in feasible}
+    assert theirs == {(round(e["accuracy"], 9), e["flops"]) for e in ours["front"]}
+    for e in ours["front"]:  # each of our front's trials is the Optuna trial of the same number
+        t = study.trials[e["trial_id"]]
+        assert t.values == [e["accuracy"], e["flops"]]
+
+
+def test_export_of_a_real_run(finished_run, tmp_path):
+    from nas.arch import Arch, load_arch
+    from nas.pareto import analyze
+
+    run, _ = finished_run
+    best = analyze(records(run), 80e6)["best"]
+    result = subprocess.run([sys.executable, "-m", "nas.export", str(run), "--out", str(tmp_path / "export")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert load_arch(tmp_path / "export" / "arch.yaml") == Arch.from_dict(best["arch"])
+    assert f"{best['flops'] / 1e9:.3f} G" in (tmp_path / "export" / "README.md").read_text()

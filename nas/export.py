@@ -1,0 +1,393 @@
+"""``python -m nas.export runs/NAME``: the chosen trial as a standalone, re-parameterizable network.
+
+Writes (by default to ``runs/NAME/export/``):
+
+- ``model.py``: imports only torch and the standard library; holds the code of exactly the operators the
+  architecture uses (lifted from ``operators/`` and ``nas/network.py`` by ``nas._codegen``), and exposes
+  ``build(num_classes, in_chans)`` and ``reparameterize_model(model)``. Its state_dict keys are those of
+  ``nas.network.build(arch)``, so weights move between the two;
+- ``arch.yaml``: the Arch; ``README.md``: figures and how to use it;
+- ``deploy/model.pt2``: the re-parameterized network at the target input as a ``torch.export`` program
+  (``torch.export.load``); ``deploy/model.onnx`` too when onnx, onnxscript and onnxruntime are installed
+  (``pip install opmix[export]``), with a dynamic batch dimension;
+- ``model.safetensors``: the training-form weights, when ``--weights`` gave some.
+
+Before it reports success the export checks itself, and a failed check is an error: the standalone model
+with the framework model's weights gives the framework's outputs; its deploy-form FLOPs are those the search
+recorded; its re-parameterized outputs equal its training-form ones (rtol 1e-4, atol 1e-5); the deploy
+programs' outputs match within 1e-4. Without ``--weights`` the checks use BatchNorm statistics and affine
+parameters drawn at random, so that the folds are exercised on something other than the identity.
+Everything is written to a temporary folder next to the output and moved into place at the end, so a failed
+export leaves nothing half-written, and an existing output is only replaced with ``--force``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.util
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import _cli
+from .arch import Arch, dump_arch
+from .pareto import analyze, arch_line, load_run, trial_name
+
+__all__ = ["export", "pick_trial", "ExportCheckError"]
+
+PROG = "python -m nas.export"
+INIT_SEED = 0  # torch.manual_seed(INIT_SEED); build() gives the weights an export without --weights carries
+
+
+class ExportCheckError(RuntimeError):
+    """A self-check of the export failed: the exported network is not the searched one."""
+
+
+def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) -> dict[str, Any]:
+    """The recommended trial (most accurate completed one within the budget), or the one named ``trial``
+    (a trial id, or a reference's name)."""
+    completed = [r for r in records if r["status"] == "completed"]
+    listing = ", ".join(str(r["trial_id"]) for r in completed[:12]) + (" ..." if len(completed) > 12 else "")
+    if trial is None:
+        best = analyze(records, budget)["best"]
+        if best is None:
+            raise ValueError("the run has no completed trial within the budget yet; wait for the search, or pass "
+                             "--trial ID" + (f" (completed: {listing})" if completed else ""))
+        return best
+    matches = [r for r in records if str(r["trial_id"]) in (trial, f"ref-{trial}")]
+    if not matches:
+        raise ValueError(f"--trial {trial}: no such trial in the run; completed trials: {listing or 'none yet'}")
+    record = matches[-1]
+    if record["status"] != "completed":
+        why = record.get("note") or record.get("error") or ""
+        raise ValueError(f"--trial {trial} is {record['status']}{f' ({why})' if why else ''}, not completed; "
+                         f"export a completed trial: {listing or 'none yet'}")
+    return record
+
+
+def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int, params: int) -> str:
+    import operators
+
+    papers = []
+    for s in arch.stages:
+        for paper in (operators.get_spec(s.op).paper or "").split("; "):
+            if paper and paper not in papers:
+                papers.append(paper)
+    lines = [
+        f"{_title(record)} of the opmix search {run_path.name}, as a standalone network (exported "
+        f"{datetime.date.today().isoformat()}).",
+        "",
+        f"Stages (op xdepth width): {arch_line(arch.to_dict())}",
+        f"Stem {arch.stem.type} {arch.stem.width}, head {arch.head.type}; input {arch.in_chans}x{arch.input_size}x"
+        f"{arch.input_size}, {arch.num_classes} classes.",
+        f"FLOPs (multiply-adds): {record['flops'] / 1e9:.3f} G deployed, {train_flops / 1e9:.3f} G in training form.",
+        f"Parameters: {params / 1e6:.2f} M (training form). Proxy accuracy in the search: {record['accuracy']:.4f}.",
+        "",
+        "Operators, from their papers:",
+        *[f"- {p}" for p in papers],
+        "",
+        "Only torch and the standard library are needed. ``build()`` makes the network in training form;",
+        "``reparameterize_model(model)`` returns its deploy form (BatchNorms and parallel branches folded into",
+        "single convolutions) with the same outputs. State-dict keys are those of opmix's",
+        "``nas.network.build(arch)``. The code below is opmix's own operator code, cut to what this network uses.",
+    ]
+    return "\n".join(textwrap.fill(line, 116, subsequent_indent="  ") if line else line for line in lines)
+
+
+def _title(record: dict[str, Any]) -> str:
+    return f"Reference {record['reference']}" if record.get("reference") else f"Trial {record['trial_id']}"
+
+
+def _import_file(path: Path) -> ModuleType:
+    name = f"opmix_export_{os.getpid()}_{id(path)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """BatchNorm statistics and affine parameters drawn at random (the checks' stand-in for training)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                if m.affine:
+                    m.weight.copy_(1 + 0.1 * torch.randn(n, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+
+
+def _check_close(what: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> float:
+    err = (got - want).abs().max().item()
+    if not torch.allclose(got, want, rtol=rtol, atol=atol):
+        raise ExportCheckError(f"self-check failed: {what}: outputs differ by up to {err:.3g} "
+                               f"(allowed rtol {rtol}, atol {atol})")
+    return err
+
+
+def _load_weights(path: Path, framework: nn.Module) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors":
+        raise ValueError(f"--weights {path}: give a .safetensors file (safetensors.torch.save_file("
+                         f"model.state_dict(), PATH)); pickled checkpoints are not read")
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"--weights {path}: cannot be read as safetensors ({exc})") from None
+    own = framework.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        detail = "; ".join(x for x in [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
+            f"{tuple(own[shapes[0]].shape)})" if shapes else ""] if x)
+        raise ValueError(f"--weights {path}: do not fit this trial's network: {detail}; give weights saved "
+                         f"from nas.network.build(arch) of this trial (arch.yaml)")
+    return state
+
+
+def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log: Callable[[str], None]
+                     ) -> dict[str, Any]:
+    """``model.pt2`` (torch.export) and, when the packages are there, ``model.onnx``; each checked."""
+    folder.mkdir()
+    with torch.no_grad():
+        want = deploy(example)
+    report: dict[str, Any] = {}
+    batch = torch.export.Dim("batch", min=1, max=1024)  # the example's batch is 2: a batch of 1 would pin it
+    try:
+        program = torch.export.export(deploy, (example,), dynamic_shapes=({0: batch},))
+        report["pt2_dynamic_batch"] = True
+    except Exception:  # noqa: BLE001 (shape arithmetic that pins the batch: export at the example's)
+        program = torch.export.export(deploy, (example,))
+        report["pt2_dynamic_batch"] = False
+    torch.export.save(program, folder / "model.pt2")
+    loaded = torch.export.load(folder / "model.pt2").module()
+    with torch.no_grad():
+        report["pt2_err"] = _check_close("deploy/model.pt2 against the deploy-form model", loaded(example), want,
+                                         1e-4, 1e-4)
+    log(f"  deploy/model.pt2 (torch.export), max |diff| {report['pt2_err']:.2g}, "
+        f"{'dynamic' if report['pt2_dynamic_batch'] else 'fixed'} batch")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401 (the dynamo exporter's dependency)
+    except ImportError:
+        log("  deploy/model.onnx skipped: pip install 'opmix[export]' (onnx, onnxscript, onnxruntime) for it")
+        return report
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    path = folder / "model.onnx"
+    kwargs = dict(input_names=["images"], output_names=["logits"], dynamo=True, external_data=False, verbose=False)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it lists the torchvision ops it skips, and its progress
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(deploy, (example,), str(path), dynamic_shapes=({0: batch},), **kwargs)
+                report["onnx_dynamic_batch"] = True
+            except Exception:  # noqa: BLE001 (shape arithmetic that pins the batch: export at the example's)
+                torch.onnx.export(deploy, (example,), str(path), **kwargs)
+                report["onnx_dynamic_batch"] = False
+    finally:
+        quiet.setLevel(level)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: example.numpy()})[0])
+    report["onnx_err"] = _check_close("deploy/model.onnx (ONNX Runtime) against the deploy-form model", got, want,
+                                      1e-4, 1e-4)
+    log(f"  deploy/model.onnx (ONNX Runtime), max |diff| {report['onnx_err']:.2g}"
+        f"{', dynamic batch' if report['onnx_dynamic_batch'] else ', fixed batch'}")
+    return report
+
+
+def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path | None = None, force: bool = False,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export ``record``'s network into ``out`` (see the module docstring); returns the figures."""
+    from ._codegen import standalone_source
+    from .flops import count_flops, count_params
+    from .network import build
+
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+    arch = Arch.from_dict(record["arch"], source=f"trial {record['trial_id']}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)  # without --weights, the export holds this reproducible initialization
+        framework = build(arch).eval()
+    state = _load_weights(weights, framework) if weights is not None else None
+    if state is not None:
+        framework.load_state_dict(state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shape = (1, arch.in_chans, arch.input_size, arch.input_size)
+        train_flops = count_flops(framework, shape, deploy=False)
+        params = count_params(framework)
+        source = standalone_source(arch, _header(arch, record, run_path, train_flops, params))
+        (tmp / "model.py").write_text(source, encoding="utf-8")
+        dump_arch(arch, tmp / "arch.yaml")
+        module = _import_file(tmp / "model.py")
+        report = _self_check(module, framework, record, arch, have_weights=state is not None, log=log)
+        standalone = module.build(arch.num_classes, arch.in_chans).eval()
+        standalone.load_state_dict(framework.state_dict())
+        if state is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in standalone.state_dict().items()}, str(tmp / "model.safetensors"))
+        deploy = module.reparameterize_model(standalone).eval()
+        example = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(1))
+        report.update(_export_programs(deploy, example, tmp / "deploy", log))
+        report.update(train_flops=train_flops, params=params, deploy_flops=record["flops"],
+                      lines=len(source.splitlines()))
+        (tmp / "README.md").write_text(_readme(arch, record, run_path, report, state is not None), encoding="utf-8")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.replace(old)
+            tmp.replace(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _self_check(module: ModuleType, framework: nn.Module, record: dict[str, Any], arch: Arch, *,
+                have_weights: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from .flops import count_flops
+
+    reference = copy.deepcopy(framework)
+    if not have_weights:
+        _randomize_bn(reference)
+    standalone = module.build(arch.num_classes, arch.in_chans).eval()
+    own, theirs = set(standalone.state_dict()), set(reference.state_dict())
+    if own != theirs:
+        raise ExportCheckError(f"self-check failed: state_dict keys differ from nas.network.build's: "
+                               f"{sorted(own ^ theirs)[:3]}")
+    standalone.load_state_dict(reference.state_dict())
+    x = torch.randn(2, arch.in_chans, arch.input_size, arch.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(x)
+        got = standalone(x)
+        err_fw = _check_close("model.py against nas.network.build with the same weights", got, want, 1e-5, 1e-6)
+        deploy = module.reparameterize_model(standalone)
+        err_rep = _check_close("model.py's deploy form against its training form", deploy(x), got, 1e-4, 1e-5)
+    flops = count_flops(standalone, (1, arch.in_chans, arch.input_size, arch.input_size))
+    if flops != record["flops"]:
+        raise ExportCheckError(f"self-check failed: model.py's deploy form has {flops} FLOPs, the search recorded "
+                               f"{record['flops']} for trial {record['trial_id']}")
+    n_modules = sum(1 for _ in standalone.modules()), sum(1 for _ in deploy.modules())
+    log(f"  model.py = nas.network.build (max |diff| {err_fw:.2g}); deploy form = training form (max |diff| "
+        f"{err_rep:.2g}, {n_modules[0]} -> {n_modules[1]} modules); deploy FLOPs {flops / 1e9:.3f} G as recorded")
+    return {"framework_err": err_fw, "reparam_err": err_rep, "modules": n_modules}
+
+
+def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str, Any], weights: bool) -> str:
+    size = f"{arch.in_chans}x{arch.input_size}x{arch.input_size}"
+    onnx = ("- `deploy/model.onnx`: the same for ONNX Runtime"
+            + (", batch dimension dynamic" if report.get("onnx_dynamic_batch") else ", fixed batch of 2")
+            + f" (checked: max |diff| {report['onnx_err']:.2g}).\n") if "onnx_err" in report else (
+            "- no ONNX file: install `opmix[export]` (onnx, onnxscript, onnxruntime) and export again.\n")
+    weights_text = ("- `model.safetensors`: the trained weights given with `--weights` (training form); the "
+                    "deploy programs carry them.\n") if weights else (
+                    "- no weights: the deploy programs hold the initialization of `torch.manual_seed(0); build()`; "
+                    "train the network, or export again with `--weights FILE.safetensors`.\n")
+    stages = arch_line(arch.to_dict()).replace("|", "\\|")
+    return f"""# {_title(record)} of {run_path.name}
+
+| | |
+|---|---|
+| stages (op xdepth width) | {stages} |
+| stem, head | {arch.stem.type} {arch.stem.width}, {arch.head.type} |
+| input | {size}, {arch.num_classes} classes |
+| FLOPs, deploy form | {record['flops'] / 1e9:.3f} G multiply-adds |
+| FLOPs, training form | {report['train_flops'] / 1e9:.3f} G multiply-adds |
+| parameters (training form) | {report['params'] / 1e6:.2f} M |
+| proxy accuracy in the search | {record['accuracy']:.4f} (proxy: reduced width, few epochs) |
+
+## Files
+- `model.py`: the network, standalone (torch and the standard library only).
+- `arch.yaml`: the architecture (`nas.arch.load_arch` reads it).
+- `deploy/model.pt2`: the re-parameterized network at {size}, a `torch.export` program with a
+  {'dynamic batch dimension' if report['pt2_dynamic_batch'] else 'fixed batch of 2'} (checked against the deploy \
+form: max |diff| {report['pt2_err']:.2g}).
+{onnx}{weights_text}
+## Use
+```python
+import torch
+from model import build, reparameterize_model
+
+model = build(num_classes=1000, in_chans=3)   # training form: train it with your own loop
+# model.load_state_dict(safetensors.torch.load_file("model.safetensors"))   # or weights of nas.network.build(arch)
+deployed = reparameterize_model(model.eval())  # deploy form, same outputs, {report['modules'][0]} -> \
+{report['modules'][1]} modules
+program = torch.export.load("deploy/model.pt2").module()   # or the ready deploy program
+```
+State-dict keys are those of opmix's `nas.network.build(arch)`, so weights move both ways. Re-parameterize
+only after training, in eval mode: it folds BatchNorm statistics.
+"""
+
+
+def _parser() -> _cli.Parser:
+    p = _cli.Parser(prog=PROG, description="Export a search run's recommended trial (or --trial) as a standalone, "
+                    "re-parameterizable network: model.py, arch.yaml, README.md and deploy programs.")
+    p.add_argument("run", help="the run folder, e.g. runs/NAME")
+    p.add_argument("--trial", default=None, help="the trial id (or reference name) to export (default: the most "
+                   "accurate completed trial within the budget)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/export)")
+    p.add_argument("--weights", default=None, help="trained weights (.safetensors, keys of nas.network.build) "
+                   "to put into the exported network")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    return p
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    run, config, records = load_run(args.run)
+    record = pick_trial(records, config["budget"], args.trial)
+    out = Path(args.out) if args.out else run.path / "export"
+    weights = Path(args.weights) if args.weights else None
+    if weights is not None and not weights.is_file():
+        raise ValueError(f"--weights {weights}: no such file")
+    print(f"exporting {trial_name(record)} ({arch_line(record['arch'])}), accuracy {record['accuracy']:.4f}, "
+          f"{record['flops'] / 1e9:.3f} GFLOPs")
+    try:
+        export(run.path, record, out, weights=weights, force=args.force)
+    except ExportCheckError as exc:
+        print(f"{PROG}: error: {exc}; nothing was written. Please report it with the run's arch.", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: model.py, arch.yaml, README.md, deploy/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    _cli.run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    main()

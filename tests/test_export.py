@@ -1,0 +1,272 @@
+"""``python -m nas.export``: the standalone model.py, its equivalences, the deploy programs, bad input."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import operators
+from nas._codegen import standalone_source
+from nas._run import RunDir
+from nas.arch import STEM_TYPES, Arch, load_arch
+from nas.export import INIT_SEED, _import_file, _randomize_bn
+from nas.network import build
+from nas.search import _measure
+
+ARCH = {"input": {"channels": 3, "size": 224, "classes": 10}, "stem": {"type": "conv3x2", "width": 16},
+        "stages": [{"op": "swin", "width": 32, "depth": 2, "stride": 2, "params": {"window": 7}},
+                   {"op": "acmix", "width": 32, "depth": 1, "stride": 2, "downsample": "patch"},
+                   {"op": "mbconv", "width": 48, "depth": 2, "stride": 2, "downsample": "conv"},
+                   {"op": "xvolution", "width": 64, "depth": 1, "stride": 2}],
+        "head": {"type": "pool_linear"}}
+OTHER = {**ARCH, "stages": [{"op": "repvgg", "width": 32, "depth": 2, "stride": 2}]}
+BUDGET = 400_000_000
+
+
+def _record(trial_id, status, arch, accuracy):
+    flops, params = _measure(Arch.from_dict(arch))  # the search's own measurement
+    return {"trial_id": trial_id, "status": status, "flops": flops, "params": params, "accuracy": accuracy,
+            "epochs": 2, "accuracies": [accuracy], "arch": arch, "reference": None, "error": None, "note": None}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = RunDir(tmp_path_factory.mktemp("export") / "run")
+    run.write_config({"budget": BUDGET, "space": "mini", "dataset": "fashion-mnist"})
+    for record in [_record(0, "completed", OTHER, 0.60), _record(1, "completed", ARCH, 0.70),
+                   _record(2, "stopped", ARCH, 0.90)]:
+        run.append_trial(record)
+    return run.path
+
+
+def export_cli(*args):
+    return subprocess.run([sys.executable, "-m", "nas.export", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+# A child Python that cannot import opmix: model.py has to stand alone.
+ISOLATED = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class NoOpmix(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("nas", "operators", "search_spaces"):
+                raise ImportError(f"model.py imported {name}")
+            return None
+
+    sys.meta_path.insert(0, NoOpmix())
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from safetensors.torch import load_file, save_file
+    import model
+
+    net = model.build(num_classes=10, in_chans=3).eval()
+    net.load_state_dict(load_file(sys.argv[2]))
+    x = load_file(sys.argv[3])["x"]
+    with torch.no_grad():
+        train = net(x)
+        deploy = model.reparameterize_model(net)(x)
+    save_file({"train": train, "deploy": deploy}, sys.argv[4])
+    assert not [m for m in sys.modules if m.split(".")[0] in ("nas", "operators")]
+    print(sorted(model.__all__))
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir) -> Path:
+    result = export_cli(run_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir / "export"
+
+
+def test_export_picks_the_recommended_trial_and_writes_everything(exported):
+    assert load_arch(exported / "arch.yaml") == Arch.from_dict(ARCH)  # trial 1: the most accurate completed one
+    for name in ("model.py", "README.md", "deploy/model.pt2"):
+        assert (exported / name).is_file(), name
+    readme = (exported / "README.md").read_text()
+    flops, params = _measure(Arch.from_dict(ARCH))
+    assert f"{flops / 1e9:.3f} G" in readme and f"{params / 1e6:.2f} M" in readme and "0.7000" in readme
+    assert not list(exported.parent.glob(".export.tmp-*"))  # the temporary folder is gone
+
+
+def test_model_py_imports_only_torch_and_the_standard_library(exported):
+    tree = ast.parse((exported / "model.py").read_text())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert modules <= {"torch", "__future__", *sys.stdlib_module_names}, modules
+    compile(ast.unparse(tree), "model.py", "exec")
+
+
+def test_model_py_holds_exactly_the_operators_used(exported):
+    tree = ast.parse((exported / "model.py").read_text())
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    used = {s["op"] for s in ARCH["stages"]}
+    factories = {operators.get_spec(op).factory.__name__: op for op in operators.list_ops()}
+    assert {f for f, op in factories.items() if op in used} <= defined
+    assert not {f for f, op in factories.items() if op not in used} & defined, "an unused operator was exported"
+    assert {"build", "reparameterize_model", "stage_layers", "OpmixNet"} <= defined
+    text = (exported / "model.py").read_text()
+    assert "register_op" not in text and "import operators" not in text
+    for line in text.splitlines():
+        assert len(line) <= 120, line
+
+
+def test_model_py_in_a_process_that_cannot_import_opmix(exported, tmp_path):
+    arch = Arch.from_dict(ARCH)
+    net = build(arch).eval()
+    _randomize_bn(net, seed=3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    x = torch.randn(2, 3, 224, 224)
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    result = subprocess.run([sys.executable, "-c", ISOLATED, str(exported), str(tmp_path / "w.safetensors"),
+                             str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "['ARCH', 'build', 'reparameterize_model']" in result.stdout
+    out = load_file(str(tmp_path / "y.safetensors"))
+    with torch.no_grad():
+        want = net(x)
+    torch.testing.assert_close(out["train"], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["deploy"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_deploy_program_matches_the_deploy_form(exported):
+    module = _import_file(exported / "model.py")
+    with torch.random.fork_rng():
+        torch.manual_seed(INIT_SEED)  # the initialization an export without --weights carries
+        net = module.build().eval()
+    program = torch.export.load(exported / "deploy" / "model.pt2").module()
+    deployed = module.reparameterize_model(net)
+    assert sum(1 for _ in deployed.modules()) < sum(1 for _ in net.modules())
+    x = torch.randn(3, 3, 224, 224)  # another batch size than the example's 2
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), deployed(x), rtol=1e-4, atol=1e-5)
+    if (exported / "deploy" / "model.onnx").exists():
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(exported / "deploy" / "model.onnx"))
+        with torch.no_grad():
+            want = program(x)
+        got = session.run(None, {"images": x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+
+
+CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=[n + "".join(f"-{k}={v}" for k, v in kw.items()) for n, kw in CASES])
+def test_every_operator_exports_with_the_same_keys_and_outputs(name, kw):
+    kw = {k: v for k, v in kw.items() if k != "shift" or name == "xvolution"}  # shift alternates by itself
+    arch = Arch.from_dict({"input": {"channels": 3, "size": 40, "classes": 7}, "stem": {"type": "patch4", "width": 16},
+                           "stages": [{"op": name, "width": 32, "depth": 2, "stride": 1, "params": kw},
+                                      {"op": name, "width": 64, "depth": 1, "stride": 2, "params": kw}],
+                           "head": {"type": "norm_pool_linear"}})
+    _equivalent(arch)
+
+
+@pytest.mark.parametrize("stem", sorted(STEM_TYPES))
+@pytest.mark.parametrize("downsample", ["op", "conv", "patch"])
+def test_every_stem_and_downsampler_exports(stem, downsample):
+    arch = Arch.from_dict({"input": {"channels": 1, "size": 96, "classes": 5}, "stem": {"type": stem, "width": 8},
+                           "stages": [{"op": "resnet_basic", "width": 16, "depth": 1, "stride": 2,
+                                       "downsample": downsample}],
+                           "head": {"type": "pool_norm_linear", "hidden": 12}})
+    _equivalent(arch)
+
+
+def _equivalent(arch: Arch) -> None:
+    import types
+
+    source = standalone_source(arch, "test")
+    module = types.ModuleType("exported")
+    exec(compile(source, "model.py", "exec"), module.__dict__)
+    torch.manual_seed(0)
+    net = build(arch).eval()
+    torch.manual_seed(0)
+    mine = module.build().eval()
+    assert list(mine.state_dict()) == list(net.state_dict())
+    for key, value in net.state_dict().items():  # one seed, one initialization
+        torch.testing.assert_close(mine.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    _randomize_bn(net)
+    mine.load_state_dict(net.state_dict())
+    x = torch.randn(2, arch.in_chans, arch.input_size, arch.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x), net(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(module.reparameterize_model(mine)(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_go_into_the_export(run_dir, tmp_path):
+    arch = Arch.from_dict(ARCH)
+    net = build(arch).eval()
+    _randomize_bn(net, seed=5)
+    weights = tmp_path / "trained.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    out = tmp_path / "out"
+    result = export_cli(run_dir, "--trial", "1", "--out", out, "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    saved = load_file(str(out / "model.safetensors"))
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+    program = torch.export.load(out / "deploy" / "model.pt2").module()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_other_trial_and_force(run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = export_cli(run_dir, "--trial", "0", "--out", out)
+    assert result.returncode == 2 and "--force" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"  # nothing of it was touched
+    result = export_cli(run_dir, "--trial", "0", "--out", out, "--force")
+    assert result.returncode == 0, result.stderr
+    assert not (out / "keep.txt").exists() and load_arch(out / "arch.yaml") == Arch.from_dict(OTHER)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--trial", "7"], "no such trial"),
+    (["--trial", "2"], "is stopped"),
+    (["--weights", "nope.safetensors"], "no such file"),
+])
+def test_bad_input_is_one_line_exit_2(run_dir, tmp_path, args, needle):
+    result = export_cli(run_dir, *args, "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_such_run_and_weights_that_do_not_fit(run_dir, tmp_path):
+    result = export_cli(tmp_path / "nothing")
+    assert result.returncode == 2 and "no such run folder" in result.stderr
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"stem.0.conv.weight": torch.zeros(3)}, str(wrong))
+    result = export_cli(run_dir, "--weights", wrong, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "do not fit" in result.stderr, result.stderr
+    pickled = tmp_path / "weights.pt"
+    pickled.write_bytes(b"not read")
+    result = export_cli(run_dir, "--weights", pickled, "--out", tmp_path / "out")
+    assert result.returncode == 2 and ".safetensors" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_self_check_is_an_error_and_writes_nothing(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_config({"budget": BUDGET})
+    record = _record(1, "completed", ARCH, 0.7)
+    record["flops"] += 1  # the recorded FLOPs no longer match the network
+    run.append_trial(record)
+    result = export_cli(run.path)
+    assert result.returncode == 1 and "self-check failed" in result.stderr and "FLOPs" in result.stderr
+    assert not (run.path / "export").exists()
+    assert json.loads(run.trials.read_text())["flops"] == record["flops"]
