@@ -95,10 +95,10 @@ def _note_import(node: ast.Import | ast.ImportFrom, imports: dict[str, str]) -> 
 
 
 def _first_doc_line(rel: str) -> str:
-    """The first line of a source file's docstring: for operator files it names the paper."""
+    """The first paragraph of a source file's docstring, as comment lines: operator files name their paper."""
     path = next(p for p in _source_files() if f"{p.parent.name}/{p.name}" == rel)
-    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-    return doc.splitlines()[0] if doc else rel
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or rel
+    return "\n# ".join(doc.split("\n\n")[0].splitlines())  # the first paragraph
 
 
 def needed_definitions(roots: set[str]) -> tuple[list[_Definition], list[str]]:
@@ -142,7 +142,7 @@ def build_function(arch: Arch) -> tuple[str, set[str]]:
         uses.add(factory)
         args = [factory, str(cin), str(s.width), f"depth={s.depth}", f"stride={s.stride}"]
         if spec.alternate:
-            args.append(f"alternate={tuple(spec.alternate)!r}")
+            args.append(f"alternate=({', '.join(_literal(a) for a in spec.alternate)},)")
         if s.downsample in DOWNSAMPLERS:
             down = DOWNSAMPLERS[s.downsample].__name__
             uses.add(down)
