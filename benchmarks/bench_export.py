@@ -38,7 +38,7 @@ def median_ms(fn, runs: int, warmup: int = 2) -> float:
     return 1e3 * statistics.median(times)
 
 
-def bench(name: str, record: dict, folder: Path, threads: int) -> None:
+def bench(name: str, record: dict, folder: Path, threads: int, batches: list[int]) -> None:
     out = folder / name
     export(folder, record, out, log=lambda _: None)
     module = _import_file(out / "model.py")
@@ -53,7 +53,8 @@ def bench(name: str, record: dict, folder: Path, threads: int) -> None:
         opts.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(out / "deploy" / "model.onnx"), opts,
                                                providers=["CPUExecutionProvider"])
-    for batch, runs in ((1, 20), (32, 3)):
+    for batch in batches:
+        runs = 20 if batch == 1 else 3
         x = torch.randn(batch, 3, 224, 224)
         with torch.inference_mode():
             t_train = median_ms(lambda: train(x), runs)
@@ -71,6 +72,7 @@ def main() -> None:
     p.add_argument("--refs", nargs="*", default=["repvgg_a2", "resnet50", "convnext_t"])
     p.add_argument("--run", default=None, help="also a search run's recommended trial")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     jobs = []
@@ -90,7 +92,7 @@ def main() -> None:
           f"{'ratio':>6s} {'onnx ms':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, record in jobs:
-            bench(name.replace("/", "_"), record, Path(tmp), args.threads)
+            bench(name.replace("/", "_"), record, Path(tmp), args.threads, args.batches)
 
 
 if __name__ == "__main__":

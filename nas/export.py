@@ -39,7 +39,7 @@ from torch import nn
 
 from . import _cli
 from .arch import Arch, dump_arch
-from .pareto import analyze, arch_line, load_run, trial_name
+from .pareto import analyze, arch_line, load_run
 
 __all__ = ["export", "pick_trial", "ExportCheckError"]
 
@@ -374,7 +374,9 @@ def _main(argv: list[str] | None) -> int:
     weights = Path(args.weights) if args.weights else None
     if weights is not None and not weights.is_file():
         raise ValueError(f"--weights {weights}: no such file")
-    print(f"exporting {trial_name(record)} ({arch_line(record['arch'])}), accuracy {record['accuracy']:.4f}, "
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+    print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), accuracy {record['accuracy']:.4f}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:
         export(run.path, record, out, weights=weights, force=args.force)
