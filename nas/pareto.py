@@ -9,7 +9,9 @@ be 100 % accuracy at no cost.
 
 The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a finished run, on one that is
 still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
-object) and writes ``pareto.csv``, ``pareto.json`` and ``pareto.png`` into the run directory. The run's
+object) and writes ``pareto.csv``, ``pareto.json`` and ``pareto.png`` into the run directory. Given several
+runs it does that for each, prints a one-line-per-run comparison, and plots the fronts together
+(``pareto-compare.png`` beside the first run, or ``--plot``). The run's
 Optuna study is in ``study.db``; ``optuna-dashboard sqlite:///runs/NAME/study.db`` browses it.
 """
 
@@ -26,7 +28,8 @@ import numpy as np
 from . import _cli
 from ._run import STATUSES, RunDir
 
-__all__ = ["pareto_mask", "hypervolume", "analyze", "arch_line", "front_table", "write_outputs", "plot_front"]
+__all__ = ["pareto_mask", "hypervolume", "analyze", "arch_line", "front_table", "write_outputs", "plot_front",
+           "plot_compare"]
 
 PROG = "python -m nas.pareto"
 
@@ -147,13 +150,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path) -> Path:
     """Every evaluated trial in grey, the front joined as a staircase, the budget as a line, references named."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = run.read_trials()
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = _figure()
     done, front, best = analysis["completed"], analysis["front"], analysis["best"]
     stopped = [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None]
     if stopped:
@@ -180,13 +178,28 @@ def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path)
     ax.set_title(f"{run.path.name}: {counts['completed']} completed, {counts['stopped']} stopped, "
                  f"{counts['infeasible']} over budget, {counts['failed']} failed; "
                  f"hypervolume {analysis['hypervolume']:.3f}", fontsize=9)
-    ax.set_xlabel("GFLOPs (full-size network, deploy form, multiply-adds)")
-    ax.set_ylabel("proxy validation accuracy")
-    widest = max([budget] + [r["flops"] for r in done + stopped])
-    ax.set_xlim(0, widest / 1e9 * 1.12)
-    ax.grid(alpha=0.3)
     if not done and not stopped:
         ax.text(0.5, 0.5, "no trained trial yet", transform=ax.transAxes, ha="center", color="0.4")
+    return _finish(fig, ax, max([budget] + [r["flops"] for r in done + stopped]), path)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(8, 5.5), dpi=120)
+
+
+def _finish(fig, ax, widest_flops: float, path: Path) -> Path:
+    """Axes labels, limits and legend; the figure saved through a temporary name, then closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("GFLOPs (full-size network, deploy form, multiply-adds)")
+    ax.set_ylabel("proxy validation accuracy")
+    ax.set_xlim(0, widest_flops / 1e9 * 1.12)
+    ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -196,6 +209,29 @@ def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_compare(runs: list[tuple[RunDir, dict[str, Any], float]], path: Path) -> Path:
+    """The fronts of several runs on one plot: each run's completed trials faint, its front as a staircase,
+    its recommended pick as a star, and each distinct budget as a dashed line."""
+    fig, ax = _figure()
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    widest = 0.0
+    for i, (run, analysis, budget) in enumerate(runs):
+        color = colors[i % len(colors)]
+        done, front, best = analysis["completed"], analysis["front"], analysis["best"]
+        widest = max([widest, budget] + [r["flops"] for r in done])
+        ax.scatter([r["flops"] / 1e9 for r in done], [r["accuracy"] for r in done], s=14, color=color, alpha=0.3)
+        if front:
+            ax.step([r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front], where="post", color=color,
+                    lw=1.5, marker="o", ms=4, label=f"{run.path.name} (hypervolume {analysis['hypervolume']:.3f})")
+        if best is not None:
+            ax.scatter([best["flops"] / 1e9], [best["accuracy"]], s=160, marker="*", color=color, zorder=5,
+                       edgecolor="black", linewidth=0.6)
+    for budget in sorted({b for _, _, b in runs}):
+        ax.axvline(budget / 1e9, color="tab:red", ls="--", lw=1, label=f"budget {budget / 1e9:g} GFLOPs")
+    ax.set_title(f"{len(runs)} runs: Pareto fronts (stars: each run's recommended pick)", fontsize=9)
+    return _finish(fig, ax, widest, path)
 
 
 def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, Any]]]:
@@ -214,24 +250,17 @@ def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, A
 
 def _parser() -> _cli.Parser:
     p = _cli.Parser(prog=PROG, description="Print and plot the Pareto front (accuracy up, FLOPs down) of a search "
-                    "run; writes pareto.csv, pareto.json and pareto.png into the run folder.")
-    p.add_argument("run", help="the run folder, e.g. runs/NAME")
+                    "run; writes pareto.csv, pareto.json and pareto.png into the run folder. Given several runs, "
+                    "it does so for each and also plots their fronts together.")
+    p.add_argument("runs", nargs="+", metavar="run", help="the run folder, e.g. runs/NAME (several to compare)")
     p.add_argument("--json", action="store_true", help="print one JSON object (with a 'front' list) instead of "
-                   "the table")
-    p.add_argument("--plot", default=None, help="where to write the plot (default: RUN/pareto.png)")
+                   "the table; for several runs, one object with a 'runs' list of them")
+    p.add_argument("--plot", default=None, help="where to write the plot (default: RUN/pareto.png; for several "
+                   "runs, the comparison plot, default: pareto-compare.png beside the first run)")
     return p
 
 
-def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
-    run, config, records = load_run(args.run)
-    budget = config["budget"]
-    analysis = analyze(records, budget)
-    written = write_outputs(run, analysis, budget, Path(args.plot) if args.plot else None)
-    if args.json:
-        json.dump(as_json(run, analysis, budget), sys.stdout, indent=1)
-        print()
-        return 0
+def _print_run(run: RunDir, analysis: dict[str, Any], budget: float) -> None:
     s = analysis["by_status"]
     print(f"{run.path}: budget {budget / 1e9:g} GFLOPs; {s['completed']} completed, {s['stopped']} stopped early, "
           f"{s['infeasible']} rejected for the budget, {s['failed']} failed")
@@ -241,9 +270,43 @@ def _main(argv: list[str] | None) -> int:
         print("Pareto front (accuracy up, FLOPs down; * the recommended pick, the best within the budget):")
         print("\n".join(front_table(analysis)))
         print(f"  hypervolume {analysis['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
+
+
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    loaded = [load_run(path) for path in args.runs]  # every run is checked before anything is written
+    several = len(loaded) > 1
+    results, written = [], []
+    for run, config, records in loaded:
+        budget = config["budget"]
+        analysis = analyze(records, budget)
+        written += write_outputs(run, analysis, budget, Path(args.plot) if args.plot and not several else None)
+        results.append((run, analysis, budget))
+    if several:
+        compare = Path(args.plot) if args.plot else loaded[0][0].path.parent / "pareto-compare.png"
+        written.append(plot_compare(results, compare))
+    if args.json:
+        objects = [as_json(run, analysis, budget) for run, analysis, budget in results]
+        json.dump({"runs": objects} if several else objects[0], sys.stdout, indent=1)
+        print()
+        return 0
+    for i, (run, analysis, budget) in enumerate(results):
+        if i:
+            print()
+        _print_run(run, analysis, budget)
+    if several:
+        print(f"\n{'run':30s} {'budget':>7s} {'completed':>9s} {'front':>5s} {'best accuracy':>13s} {'GFLOPs':>7s} "
+              f"{'hypervolume':>11s}")
+        for run, analysis, budget in results:
+            best = analysis["best"]
+            acc, gf = (f"{best['accuracy']:.4f}", f"{best['flops'] / 1e9:.3f}") if best else ("-", "-")
+            print(f"{run.path.name:30s} {budget / 1e9:6.3g}G {analysis['by_status']['completed']:9d} "
+                  f"{len(analysis['front']):5d} {acc:>13s} {gf:>7s} {analysis['hypervolume']:11.4f}")
+        print("(hypervolumes are against each run's own budget)")
     print("wrote " + ", ".join(str(p) for p in written))
-    if analysis["best"] is not None:
-        print(f"next: python -m nas.export {run.path}")
+    for run, analysis, _ in results:
+        if analysis["best"] is not None:
+            print(f"next: python -m nas.export {run.path}")
     return 0
 
 

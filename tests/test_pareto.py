@@ -185,3 +185,28 @@ def test_cli_bad_run_is_one_line_exit_2(tmp_path, what, needle):
     assert result.returncode == 2
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_compares_several_runs(tmp_path):
+    a = make_run(tmp_path / "runs" / "a", RECORDS)
+    b = make_run(tmp_path / "runs" / "b", [record(0, "completed", 0.6, 0.5e9), record(1, "completed", 0.65, 3e9)],
+                 budget=2e9)
+    result = pareto_cli(a.path, b.path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["a"], ["b"])}
+    assert rows["a"][1:] == ["4G", "6", "4", "0.8000", "2.000", f"{0.70 * 0.75 + 0.10 * 0.5:.4f}"]
+    # b: 1 is over b's own 2 G budget, so the pick is 0; its front still holds both
+    assert rows["b"][1:] == ["2G", "2", "2", "0.6000", "0.500", f"{0.6 * 0.75:.4f}"]
+    compare = tmp_path / "runs" / "pareto-compare.png"
+    assert compare.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in (a, b):  # each run still gets its own files
+        assert (run.path / "pareto.png").is_file() and (run.path / "pareto.json").is_file()
+    data = json.loads(pareto_cli(a.path, b.path, "--json").stdout)
+    assert [r["recommended"] for r in data["runs"]] == [1, 0]
+
+
+def test_cli_several_runs_one_bad_writes_nothing(tmp_path):
+    a = make_run(tmp_path / "a", RECORDS)
+    result = pareto_cli(a.path, tmp_path / "missing")
+    assert result.returncode == 2 and "no such run folder" in result.stderr
+    assert not (a.path / "pareto.json").exists()
