@@ -6,6 +6,10 @@
 #   3. the CUDA tests (bf16 autocast, channels-last, the trainer on the GPU) and the trainer's tests.
 # Usage: benchmarks/gpu_check.sh [OUTDIR] [DATA_DIR]   (logs and fidelity.json land in OUTDIR)
 # Set SKIP=trial-cost,tests to leave parts out, FIDELITY_TIMEOUT (seconds, default 400) to bound step 2.
+# A lent GPU machine has torch but neither fvcore nor the data: copy the pure-Python packages fvcore, iopath,
+# yacs and termcolor from a local venv's site-packages into .devsite/, the Fashion-MNIST train-*.gz files into
+# .devdata/fashion-mnist/ (both git-ignored via .git/info/exclude), carry both, and run
+#   PYTHONPATH=$PWD/.devsite:$PWD bash benchmarks/gpu_check.sh $OUT .devdata/fashion-mnist
 set -u
 out=${1:-gpu-check}; data=${2:-}; skip=${SKIP:-}
 mkdir -p "$out"
