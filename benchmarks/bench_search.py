@@ -155,7 +155,7 @@ def fidelity(args) -> None:
     from nas.search import SearchConfig
 
     d = SearchConfig(budget=0)  # the search defaults: the proxy that ranks candidates
-    threads = max(1, (args.threads or 1))
+    threads = args.threads
     proxy = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, max_train=d.max_train, threads=threads)
     longer = TrainConfig(epochs=5 * d.epochs, batch_size=args.long_batch, lr=args.long_lr, max_train=None, max_val=None,
                          threads=threads)
@@ -182,10 +182,10 @@ def fidelity(args) -> None:
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        only = range(args.archs) if args.only is None else [int(i) for i in args.only.split(",")]
+        chosen = range(args.archs) if args.only is None else [int(i) for i in args.only.split(",")]
         # The proxies first: they take seconds, and a cut-short run still has all of them.
         futures = {pool.submit(_fidelity_job, archs[i], cfg, args.data_dir, d.width_mult): (kind, i)
-                   for kind, cfg in (("proxy", proxy), ("reference", longer)) for i in only
+                   for kind, cfg in (("proxy", proxy), ("reference", longer)) for i in chosen
                    if (kind, i) not in results}
         for fut in concurrent.futures.as_completed(futures):
             kind, i = futures[fut]
@@ -195,16 +195,16 @@ def fidelity(args) -> None:
             if args.out:
                 Path(args.out).write_text(json.dumps({"archs": archs, "setup": setup, "results": {
                     f"{k}-{j}": v for (k, j), v in results.items()}}, indent=1))
-    only = [i for i in range(args.archs) if ("reference", i) in results]
-    short = [results["proxy", i][-1] for i in only]
-    long = [results["reference", i][-1] for i in only]
+    measured = [i for i in range(args.archs) if ("reference", i) in results]
+    short = [results["proxy", i][-1] for i in measured]
+    long = [results["reference", i][-1] for i in measured]
     print(f"\n{'#':>2s}  {'stage ops':60s} {'proxy':>6s} {'5x, all':>8s}")
-    for i, acc, ref in zip(only, short, long):
+    for i, acc, ref in zip(measured, short, long):
         ops = " ".join(f"{s['op']}x{s['depth']}" for s in archs[i]["stages"])
         print(f"{i:2d}  {ops:60s} {acc:6.3f} {ref:8.3f}")
     tau = kendall_tau(short, long)
     p = sum(kendall_tau(short, perm) >= tau for perm in _shuffles(long, 2000, args.seed)) / 2000
-    print(f"Kendall tau-b {tau:.3f} (one-sided permutation p = {p:.3f}) over {len(only)} of {args.archs} "
+    print(f"Kendall tau-b {tau:.3f} (one-sided permutation p = {p:.3f}) over {len(measured)} of {args.archs} "
           f"architectures; {time.perf_counter() - t0:.0f} s")
 
 

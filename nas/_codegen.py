@@ -49,15 +49,20 @@ def _names_in(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _definitions() -> tuple[dict[str, _Definition], dict[str, str]]:
-    """Every top-level class, function and constant of the source files, and the imports that bind names."""
+def _definitions() -> tuple[dict[str, _Definition], dict[str, str], dict[str, str]]:
+    """Every top-level class, function and constant of the source files, the imports that bind names, and
+    each file's banner (the first paragraph of its docstring: operator files name their paper there)."""
     defs: dict[str, _Definition] = {}
     imports: dict[str, str] = {}
+    banners: dict[str, str] = {}
     for path in _source_files():
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
         rel = f"{path.parent.name}/{path.name}"
-        for node in ast.parse(text).body:
+        tree = ast.parse(text)
+        doc = ast.get_docstring(tree) or rel
+        banners[rel] = "\n# ".join(doc.split("\n\n")[0].splitlines())
+        for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 _note_import(node, imports)
                 continue
@@ -77,7 +82,7 @@ def _definitions() -> tuple[dict[str, _Definition], dict[str, str]]:
                     raise RuntimeError(f"{name} is defined in both {defs[name].file} and {rel}; the standalone "
                                        f"export needs top-level names to be unique: rename one")
                 defs[name] = _Definition(name, rel, body, _names_in(node) - {name})
-    return defs, imports
+    return defs, imports, banners
 
 
 def _note_import(node: ast.Import | ast.ImportFrom, imports: dict[str, str]) -> None:
@@ -94,16 +99,9 @@ def _note_import(node: ast.Import | ast.ImportFrom, imports: dict[str, str]) -> 
                 imports[bound] = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
 
 
-def _first_doc_line(rel: str) -> str:
-    """The first paragraph of a source file's docstring, as comment lines: operator files name their paper."""
-    path = next(p for p in _source_files() if f"{p.parent.name}/{p.name}" == rel)
-    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or rel
-    return "\n# ".join(doc.split("\n\n")[0].splitlines())  # the first paragraph
-
-
-def needed_definitions(roots: set[str]) -> tuple[list[_Definition], list[str]]:
-    """The definitions ``roots`` reach (in source order) and the import lines they need."""
-    defs, imports = _definitions()
+def needed_definitions(roots: set[str]) -> tuple[list[_Definition], list[str], dict[str, str]]:
+    """The definitions ``roots`` reach (in source order), the import lines they need, and the file banners."""
+    defs, imports, banners = _definitions()
     seen: set[str] = set()
     todo = [r for r in roots if r in defs]
     used_names = set(roots)
@@ -122,7 +120,7 @@ def needed_definitions(roots: set[str]) -> tuple[list[_Definition], list[str]]:
             chosen.append(defs[name])
     import_lines = sorted({imports[n] for n in used_names if n in imports},
                           key=lambda line: (not line.startswith("import"), line))
-    return chosen, import_lines
+    return chosen, import_lines, banners
 
 
 def build_function(arch: Arch) -> tuple[str, set[str]]:
@@ -194,7 +192,7 @@ def _import_block(lines: list[str]) -> str:
 def standalone_source(arch: Arch, header: str) -> str:
     """The whole module: ``header`` as its docstring, imports, the needed definitions, ``ARCH`` and ``build``."""
     build_text, roots = build_function(arch)
-    chosen, import_lines = needed_definitions(roots)
+    chosen, import_lines, banners = needed_definitions(roots)
     if "from torch import nn" not in import_lines:
         import_lines.append("from torch import nn")
     top = "\n\n".join([f'"""{header.strip()}\n"""', "from __future__ import annotations",
@@ -205,7 +203,7 @@ def standalone_source(arch: Arch, header: str) -> str:
     for d in chosen:
         if d.file != current:
             current = d.file
-            parts.append(f"# {'-' * (100 - len(d.file))} {d.file}\n# {_first_doc_line(d.file)}")
+            parts.append(f"# {'-' * (100 - len(d.file))} {d.file}\n# {banners[d.file]}")
         parts.append(d.text)
     parts.append(build_text)
     return "\n\n\n".join(parts) + "\n"

@@ -224,6 +224,11 @@ def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log
     return report
 
 
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+
+
 def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path | None = None, force: bool = False,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``record``'s network into ``out`` (see the module docstring); returns the figures."""
@@ -231,8 +236,7 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
     from .flops import count_flops, count_params
     from .network import build
 
-    if out.exists() and not force:
-        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+    _refuse_existing(out, force)
     arch = Arch.from_dict(record["arch"], source=f"trial {record['trial_id']}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)  # without --weights, the export holds this reproducible initialization
@@ -252,9 +256,8 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
         (tmp / "model.py").write_text(source, encoding="utf-8")
         dump_arch(arch, tmp / "arch.yaml")
         module = _import_file(tmp / "model.py")
-        report = _self_check(module, framework, record, arch, have_weights=state is not None, log=log)
-        standalone = module.build(arch.num_classes, arch.in_chans).eval()
-        standalone.load_state_dict(framework.state_dict())
+        standalone, report = _self_check(module, framework, record, arch, have_weights=state is not None, log=log)
+        standalone.load_state_dict(framework.state_dict())  # the checks may have used randomized BatchNorms
         if state is not None:
             from safetensors.torch import save_file
 
@@ -278,7 +281,8 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
 
 
 def _self_check(module: ModuleType, framework: nn.Module, record: dict[str, Any], arch: Arch, *,
-                have_weights: bool, log: Callable[[str], None]) -> dict[str, Any]:
+                have_weights: bool, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    """The checks on ``model.py``'s network; returns that network (eval mode) and the figures."""
     from .flops import count_flops
 
     reference = copy.deepcopy(framework)
@@ -304,7 +308,7 @@ def _self_check(module: ModuleType, framework: nn.Module, record: dict[str, Any]
     n_modules = sum(1 for _ in standalone.modules()), sum(1 for _ in deploy.modules())
     log(f"  model.py = nas.network.build (max |diff| {err_fw:.2g}); deploy form = training form (max |diff| "
         f"{err_rep:.2g}, {n_modules[0]} -> {n_modules[1]} modules); deploy FLOPs {flops / 1e9:.3f} G as recorded")
-    return {"framework_err": err_fw, "reparam_err": err_rep, "modules": n_modules}
+    return standalone, {"framework_err": err_fw, "reparam_err": err_rep, "modules": n_modules}
 
 
 def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str, Any], weights: bool) -> str:
@@ -374,8 +378,7 @@ def _main(argv: list[str] | None) -> int:
     weights = Path(args.weights) if args.weights else None
     if weights is not None and not weights.is_file():
         raise ValueError(f"--weights {weights}: no such file")
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+    _refuse_existing(out, args.force)  # before the long part starts
     print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), accuracy {record['accuracy']:.4f}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:

@@ -85,6 +85,7 @@ def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
     best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
     return {"by_status": {s: sum(r["status"] == s for r in records) for s in STATUSES},
             "completed": done, "front": front, "best": best,
+            "stopped": [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None],
             "hypervolume": hypervolume(pts[:, 0], pts[:, 1], budget)}
 
 
@@ -150,10 +151,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path) -> Path:
     """Every evaluated trial in grey, the front joined as a staircase, the budget as a line, references named."""
-    records = run.read_trials()
     fig, ax = _figure()
-    done, front, best = analysis["completed"], analysis["front"], analysis["best"]
-    stopped = [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None]
+    done, front, best, stopped = analysis["completed"], analysis["front"], analysis["best"], analysis["stopped"]
     if stopped:
         ax.scatter([r["flops"] / 1e9 for r in stopped], [r["accuracy"] for r in stopped], marker="x", s=22,
                    color="0.75", label=f"stopped early ({len(stopped)}, partial training)")

@@ -5,6 +5,8 @@ Skipped where no CUDA device is present (CI); run them on a GPU machine with ``p
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,7 +91,7 @@ def test_train_proxy_learns_on_cuda_like_on_cpu():
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
         model = small_cnn()
-        results[device] = train_proxy(model, data, TrainConfig(**{**cfg.__dict__, "device": device}))
+        results[device] = train_proxy(model, data, dataclasses.replace(cfg, device=device))
         assert next(model.parameters()).device.type == device
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert results["cuda"].accuracies[-1] >= 0.9

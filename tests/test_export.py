@@ -150,14 +150,16 @@ def test_deploy_program_matches_the_deploy_form(exported):
     x = torch.randn(3, 3, 224, 224)  # another batch size than the example's 2
     with torch.no_grad():
         torch.testing.assert_close(program(x), deployed(x), rtol=1e-4, atol=1e-5)
-    if (exported / "deploy" / "model.onnx").exists():
+    try:
         import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(exported / "deploy" / "model.onnx"))
-        with torch.no_grad():
-            want = program(x)
-        got = session.run(None, {"images": x.numpy()})[0]
-        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+    except ImportError:  # without the export extra there is no ONNX file to check
+        assert not (exported / "deploy" / "model.onnx").exists()
+        return
+    session = onnxruntime.InferenceSession(str(exported / "deploy" / "model.onnx"))
+    with torch.no_grad():
+        want = program(x)
+    got = session.run(None, {"images": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
 
 
 CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
