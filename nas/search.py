@@ -25,7 +25,7 @@ from . import _cli
 from ._run import RunDir
 from .arch import Arch
 from .flops import format_flops, parse_budget
-from .train import TrainConfig
+from .proxy import ProxySettings
 
 __all__ = ["search", "SearchConfig", "main"]
 
@@ -48,12 +48,22 @@ class SearchConfig:
     width_mult: float = 0.25
     max_train: int = 1536
     batch_size: int = 64
+    image_size: int | None = None
+    lr: float = 3e-3
+    grace_period: int = 2
+    scale_windows: bool = True
     early_stop: bool = True
     seed_references: bool = False
 
     # what --resume may not change
     FIXED = ("budget", "space", "dataset", "data_dir", "sampler", "seed", "epochs", "width_mult", "max_train",
-             "batch_size", "early_stop")
+             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop")
+
+    @property
+    def proxy(self) -> ProxySettings:
+        return ProxySettings(max_train=self.max_train, epochs=self.epochs, width_mult=self.width_mult,
+                             image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
+                             grace_period=min(self.grace_period, self.epochs), scale_windows=self.scale_windows)
 
 
 def _parse_duration(text: str) -> float:
@@ -98,6 +108,10 @@ def _parser() -> _cli.Parser:
     p.add_argument("--width-mult", type=float, default=None, help=f"proxy width multiplier (default: {d.width_mult})")
     p.add_argument("--max-train", type=int, default=None,
                    help=f"training images per proxy epoch (default: {d.max_train})")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="proxy input resolution in pixels (default: the dataset's own)")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help=f"epochs before ASHA may stop a trial, at least 2 (default: {d.grace_period})")
     return p
 
 
@@ -105,7 +119,8 @@ def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
     given = {
         "budget": parse_budget(args.budget), "space": args.space, "trials": args.trials, "epochs": args.epochs,
         "dataset": args.dataset, "data_dir": args.data_dir, "sampler": args.sampler, "seed": args.seed,
-        "width_mult": args.width_mult, "max_train": args.max_train,
+        "width_mult": args.width_mult, "max_train": args.max_train, "image_size": args.image_size,
+        "grace_period": args.grace_period,
         "early_stop": False if args.no_early_stop else None,
         "seed_references": True if args.seed_references else None,
     }
@@ -133,6 +148,7 @@ def _validate(config: SearchConfig, args) -> None:
             raise ValueError(f"{flag} {value} must be at least 1")
     if not 0 < config.width_mult <= 4:
         raise ValueError(f"--width-mult {config.width_mult} must be in (0, 4]")
+    config.proxy  # noqa: B018 -- the proxy settings' own checks (grace period, image size, ...)
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
 
@@ -177,17 +193,15 @@ def _measure(arch: Arch) -> tuple[int, int]:
     return count_flops(net), count_params(net)
 
 
-def _trainable(config: dict[str, Any], data=None, train: TrainConfig = TrainConfig(), width_mult: float = 0.25) -> None:
-    """One Ray Tune trial: build the candidate's proxy and train it, reporting accuracy after each epoch."""
+def _trainable(config: dict[str, Any], data=None, proxy: ProxySettings = ProxySettings(), seed: int = 0) -> None:
+    """One Ray Tune trial: train the candidate's proxy from the run's seed, reporting accuracy after each epoch.
+    Its result depends on (architecture, seed, proxy settings) and the trial's thread count only."""
     import ray
     from ray import tune
 
-    from .network import build
-    from .train import train_proxy
+    from .proxy import train_arch
 
     arch = Arch.from_dict(config["arch"])
-    model = build(arch, width_mult=width_mult, in_chans=data.in_chans, num_classes=data.num_classes,
-                  input_size=data.image_size)
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
     node = ray.get_runtime_context().get_node_id()
     t0 = time.perf_counter()
@@ -196,7 +210,7 @@ def _trainable(config: dict[str, Any], data=None, train: TrainConfig = TrainConf
         tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch, "node": node,
                      "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9})
 
-    train_proxy(model, data, dataclasses.replace(train, threads=threads), report)
+    train_arch(arch, data, proxy, seed=seed, threads=threads, report=report)
 
 
 def _progress_callback(searcher, epochs: int, log):
@@ -262,6 +276,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     from ray.tune.schedulers import ASHAScheduler
 
     from .data import load_dataset
+    from .proxy import resize_data
     from .space import list_references, load_reference, load_space
 
     started = time.time()
@@ -304,13 +319,14 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
                      configure_logging=True, **({} if address else {"num_cpus": os.cpu_count()}))
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=_measure, references=references, seen=seen, log=log)
-        train_cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, max_train=config.max_train,
-                                seed=config.seed)
+        proxy = config.proxy
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, data=data, train=train_cfg, width_mult=config.width_mult),
+            tune.with_parameters(_trainable, data=resize_data(data, proxy.image_size), proxy=proxy,
+                                 seed=config.seed),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=1, reduction_factor=2)
-                     if config.early_stop else None)
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
+                                   reduction_factor=2)
+                     if config.early_stop and proxy.grace_period < config.epochs else None)
         slots = _slots(cpus_per_trial, gpus_per_trial)
         tuner = tune.Tuner(
             trainable,
@@ -436,7 +452,8 @@ def _main(argv: list[str] | None) -> int:
 
 def argv_is_default(args) -> bool:
     """The bare command (only --budget, maybe --name/--runs-dir) keeps to 15 minutes on a small machine."""
-    return all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult"))
+    return all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
+                                                  "image_size", "grace_period"))
 
 
 def main(argv: list[str] | None = None) -> None:

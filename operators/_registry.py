@@ -24,6 +24,9 @@ class OpSpec:
     variants: tuple[dict[str, Any], ...] = field(default=({},))
     # boolean keywords that alternate block by block inside a stage (Swin's shift): False, True, False, ...
     alternate: tuple[str, ...] = ()
+    # integer keywords that are spatial extents in pixels of the block's map (a window, a local kernel): a proxy
+    # at a lower resolution scales them with the map, so that a local operator stays local (nas.proxy)
+    extents: tuple[str, ...] = ()
 
     def keywords(self) -> tuple[str, ...]:
         """The keyword arguments the factory accepts besides in_chs, out_chs and stride."""
@@ -45,13 +48,14 @@ def register_op(
     family: str,
     variants: tuple[dict[str, Any], ...] = ({},),
     alternate: tuple[str, ...] = (),
+    extents: tuple[str, ...] = (),
 ) -> OpFactory:
     """Add an operator to the catalog. Re-registering a name is refused, so two files cannot collide."""
     if name in _OPS:
         raise ValueError(f"operator {name!r} is already registered; pick another name")
     if family not in _FAMILIES:
         raise ValueError(f"operator {name!r}: family {family!r} is not one of {', '.join(_FAMILIES)}")
-    _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants), tuple(alternate))
+    _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants), tuple(alternate), tuple(extents))
     return factory
 
 

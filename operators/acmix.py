@@ -140,6 +140,6 @@ def acmix(in_chs: int, out_chs: int, stride: int = 1, layout: str = "bottleneck"
                      f"'window' (ACmix-Swin)")
 
 
-register_op("acmix", acmix, family="hybrid", alternate=("shift",),
+register_op("acmix", acmix, family="hybrid", alternate=("shift",), extents=("window", "kernel_att"),
             variants=({}, {"layout": "window"}, {"layout": "window", "shift": True}),
             paper="Pan et al., On the Integration of Self-Attention and Convolution, CVPR 2022")

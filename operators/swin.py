@@ -89,6 +89,6 @@ def swin(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, h
     return SwinBlock(in_chs, out_chs, stride, lambda d: WindowAttention(d, heads, window, shift), mlp_ratio)
 
 
-register_op("swin", swin, family="local", alternate=("shift",),
+register_op("swin", swin, family="local", alternate=("shift",), extents=("window",),
             variants=({}, {"shift": True}, {"shift": True, "window": 4}),
             paper="Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021")

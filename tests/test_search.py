@@ -117,6 +117,35 @@ def test_study_agrees_with_the_records(finished_run):
             assert t.state == optuna.trial.TrialState.COMPLETE and t.values[1] == r["flops"] > 80e6
 
 
+def _retrain_in_process(workdir: Path, run: Path, recs: list[dict]) -> dict:
+    """Each record's arch trained again here, from the run's own seed and settings, one thread as in a trial."""
+    import torch
+
+    from nas.arch import Arch
+    from nas.data import load_dataset
+    from nas.search import SearchConfig
+    from nas.proxy import train_arch
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    proxy = SearchConfig(**{k: v for k, v in config.items() if k != "storage"}).proxy
+    data = load_dataset("fashion-mnist", workdir / "data", seed=config["seed"])
+    threads = torch.get_num_threads()
+    try:
+        return {r["trial_id"]: train_arch(Arch.from_dict(r["arch"]), data, proxy, seed=config["seed"],
+                                          threads=1).accuracies[:r["epochs"]] for r in recs}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_trial_through_ray_equals_the_same_training_in_process(finished_run, workdir):
+    """A trial's accuracies are a function of (arch, seed, settings): Ray's worker and this process agree."""
+    run, _ = finished_run
+    done = [r for r in records(run) if r["status"] in ("completed", "stopped")]
+    assert done
+    again = _retrain_in_process(workdir, run, done)
+    assert {r["trial_id"]: r["accuracies"] for r in done} == again
+
+
 def test_existing_name_without_resume_is_refused_and_untouched(finished_run, workdir):
     run, _ = finished_run
     before = (run / "trials.jsonl").read_text(), (run / "config.yaml").read_text()
@@ -141,6 +170,9 @@ def test_resume_trains_only_new_candidates(finished_run, workdir):
     assert len(ids) == len(set(ids))  # no candidate repeated
     assert sum(r["status"] != "infeasible" for r in after) == 5
     assert len(list((run / "ray").iterdir())) == 2  # one Tune session per invocation
+    resumed = [r for r in after[len(before):] if r["status"] in ("completed", "stopped")]
+    assert resumed and {r["trial_id"]: r["accuracies"] for r in resumed} == _retrain_in_process(workdir, run,
+                                                                                              resumed)
 
 
 def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path, workdir):
