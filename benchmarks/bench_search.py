@@ -25,6 +25,7 @@ import torch
 from nas.data import load_dataset
 from nas.network import build
 from nas.space import load_space
+from nas.stats import kendall_tau_b, permutation_p
 from nas.train import TrainConfig, train_proxy
 
 
@@ -125,21 +126,6 @@ def quality(args) -> None:
         print(f"{sampler:7s} mean hypervolume {sum(hvs) / len(hvs):.4f} over {len(hvs)} seeds")
 
 
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant) pairs over the pairs untied in each list, ties counted out."""
-    pairs = [(a[i] - a[j], b[i] - b[j]) for i in range(len(a)) for j in range(i)]
-    s = sum((x * y > 0) - (x * y < 0) for x, y in pairs)
-    untied_a = sum(x != 0 for x, _ in pairs)
-    untied_b = sum(y != 0 for _, y in pairs)
-    return s / (untied_a * untied_b) ** 0.5 if untied_a and untied_b else float("nan")
-
-
-def _shuffles(values: list[float], n: int, seed: int):
-    rng = random.Random(seed)
-    for _ in range(n):
-        yield rng.sample(values, len(values))
-
-
 def _fidelity_job(arch: dict, config: TrainConfig, data_dir: str | None, width_mult: float) -> list[float]:
     """One training (in a worker process): the accuracies after each epoch."""
     from nas.arch import Arch
@@ -202,8 +188,8 @@ def fidelity(args) -> None:
     for i, acc, ref in zip(measured, short, long):
         ops = " ".join(f"{s['op']}x{s['depth']}" for s in archs[i]["stages"])
         print(f"{i:2d}  {ops:60s} {acc:6.3f} {ref:8.3f}")
-    tau = kendall_tau(short, long)
-    p = sum(kendall_tau(short, perm) >= tau for perm in _shuffles(long, 2000, args.seed)) / 2000
+    tau = kendall_tau_b(short, long)
+    p = permutation_p(short, long, kendall_tau_b, resamples=2000, seed=args.seed)
     print(f"Kendall tau-b {tau:.3f} (one-sided permutation p = {p:.3f}) over {len(measured)} of {args.archs} "
           f"architectures; {time.perf_counter() - t0:.0f} s")
 

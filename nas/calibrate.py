@@ -1,0 +1,561 @@
+"""``python -m nas.calibrate``: how well does a proxy rank architectures, measured on your own data and space.
+
+The way EcoNAS and the NAS-Bench studies measure a reduced training setting: draw N architectures within the
+budget, spread over FLOPs and operator families; train each at one or more proxy settings and at a reference
+setting of much higher fidelity; score each at zero cost (FLOPs, parameters, training-free scores at
+initialization, ``nas.zero_cost``); then ask how well each rung orders the architectures the way the reference
+does: Kendall tau-b and Spearman rho with bootstrap 90 % intervals, top-3 and top-5 overlap, seed noise (the
+cheapest setting is repeated with ``--seeds K``) and cost per candidate.
+
+The output folder is the calibration's memory: ``calibration.yaml`` (the setup: space, budget, dataset,
+settings, reference, seeds), ``archs.jsonl`` (the sample, written once), ``results.jsonl`` (one line per
+finished job, appended and fsync'ed as it comes), then ``report.json`` and ``calibration.png``. Run the same
+command again and it continues where it stopped; a changed setup is refused, never mixed in.
+
+Trainings run as Ray tasks (``--address`` joins a cluster), one CPU each by default; each job is
+``nas.proxy.train_arch`` with the calibration's seed, so a result is a function of (arch, seed, settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _cli
+from .arch import Arch
+from .flops import format_flops, parse_budget
+from .proxy import ProxySettings
+
+__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "sample_archs", "main"]
+
+PROG = "python -m nas.calibrate"
+ZERO_COST = "zero_cost"
+REFERENCE = "reference"
+DEFAULT_REFERENCE = {"max_train": None, "epochs": 3 * ProxySettings().epochs}  # the whole split, 3x the epochs
+
+
+# ------------------------------------------------------------------------------------------------ the setup
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a calibration measures; stored in ``calibration.yaml`` and compared on every rerun."""
+
+    space: str
+    space_sha256: str
+    budget: int
+    archs: int
+    seeds: int
+    seed: int
+    dataset: str
+    data_dir: str | None
+    settings: dict[str, dict[str, Any]]
+    reference: dict[str, Any]
+
+    def proxies(self) -> dict[str, ProxySettings]:
+        return {name: ProxySettings(**knobs) for name, knobs in self.settings.items()}
+
+    def reference_settings(self) -> ProxySettings:
+        return ProxySettings(**self.reference)
+
+    def cheapest(self) -> str:
+        """The setting with the fewest image-epochs x width^2 x pixels: it is the one repeated over seeds."""
+        def cost(s: ProxySettings) -> float:
+            return (s.max_train or 10**9) * s.epochs * s.width_mult ** 2 * (s.image_size or 28) ** 2
+        return min(self.settings, key=lambda n: cost(self.proxies()[n]))
+
+
+def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], ProxySettings]:
+    """The named proxy settings and the reference of a ``--settings`` YAML file (the defaults without one)."""
+    if path is None:
+        return {"default": ProxySettings()}, ProxySettings.from_mapping(DEFAULT_REFERENCE, "reference")
+    from .arch import read_yaml
+
+    data = read_yaml(Path(path), "settings file")
+    where = str(path)
+    if not isinstance(data, dict) or set(data) - {"settings", "reference"} or "settings" not in data:
+        raise ValueError(f"{where}: write a mapping with 'settings' (named proxy settings) and optionally "
+                         f"'reference', e.g. settings: {{default: {{}}}}")
+    named = data["settings"]
+    if not isinstance(named, dict) or not named:
+        raise ValueError(f"{where}: settings is {named!r}; write at least one named setting, e.g. default: {{}}")
+    bad = [n for n in named if not isinstance(n, str) or n in (REFERENCE, ZERO_COST, "flops", "params")]
+    if bad:
+        raise ValueError(f"{where}: setting name(s) {bad} are reserved or not strings; rename them")
+    settings = {n: ProxySettings.from_mapping(v, f"{where}: settings.{n}") for n, v in named.items()}
+    reference = ProxySettings.from_mapping(data.get("reference", DEFAULT_REFERENCE), f"{where}: reference")
+    return settings, reference
+
+
+def _space_text(space_path: Path) -> str:
+    return space_path.read_text(encoding="utf-8")
+
+
+class CalibrationDir:
+    """The output folder: setup, sample and results; every write is atomic or an fsync'ed append."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.setup_file = self.path / "calibration.yaml"
+        self.archs_file = self.path / "archs.jsonl"
+        self.results_file = self.path / "results.jsonl"
+
+    def _atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+    def read_setup(self) -> dict[str, Any] | None:
+        import yaml
+
+        if not self.setup_file.is_file():
+            return None
+        return yaml.safe_load(self.setup_file.read_text(encoding="utf-8"))
+
+    def write_setup(self, setup: Setup) -> None:
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._atomic(self.setup_file, yaml.safe_dump(dataclasses.asdict(setup), sort_keys=False))
+
+    def read_archs(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.archs_file)
+
+    def write_archs(self, archs: list[dict[str, Any]]) -> None:
+        self._atomic(self.archs_file, "".join(json.dumps(a) + "\n" for a in archs))
+
+    def read_results(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.results_file)
+
+    def append_result(self, result: dict[str, Any]) -> None:
+        """Append one line durably; after a line torn by a crash, start a new line so this one is whole."""
+        torn = False
+        if self.results_file.is_file() and self.results_file.stat().st_size:
+            with open(self.results_file, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        with open(self.results_file, "a", encoding="utf-8") as f:
+            f.write(("\n" if torn else "") + json.dumps(result) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every whole line of ``path``; a line cut short by a crash is skipped (its job simply runs again)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def check_same_setup(stored: dict[str, Any], setup: Setup, folder: Path) -> None:
+    """Refuse a rerun whose setup differs from the stored one, naming the first difference."""
+    mine = dataclasses.asdict(setup)
+    for key in mine:
+        if stored.get(key) != mine[key]:
+            raise ValueError(f"{folder} holds a calibration with {key} {stored.get(key)!r}, not {mine[key]!r}; "
+                             f"rerun with its own setup to continue it, or pick another --out")
+
+
+# ------------------------------------------------------------------------------------------- the sample
+def _families(arch: Arch) -> tuple[str, ...]:
+    import operators
+
+    return tuple(sorted({operators.get_spec(s.op).family for s in arch.stages}))
+
+
+def sample_archs(space, budget: int, n: int, seed: int, measure: Callable[[Arch], tuple[int, int]],
+                 pool: int | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """``n`` distinct architectures within ``budget``: drawn uniformly from ``space`` (``pool`` of them, 6n by
+    default), then one per FLOPs bin (n equal-width bins over the feasible range), preferring in each bin the
+    architecture whose operators are least represented so far (spread over families and operators)."""
+    rng = random.Random(seed)
+    pool = pool or 6 * n
+    feasible: dict[Arch, tuple[int, int]] = {}
+    for _ in range(pool * 4):
+        if len(feasible) >= pool:
+            break
+        arch = space.random(rng)
+        if arch in feasible:
+            continue
+        flops, params = measure(arch)
+        if flops <= budget:
+            feasible[arch] = (flops, params)
+    if len(feasible) < n:
+        raise ValueError(f"only {len(feasible)} distinct architectures of the space fit {format_flops(budget)}FLOPs "
+                         f"in {pool * 4} draws; lower --archs or raise --budget")
+    items = sorted(feasible.items(), key=lambda kv: kv[1][0])
+    lo, hi = items[0][1][0], items[-1][1][0]
+    bins: list[list] = [[] for _ in range(n)]
+    for arch, (flops, params) in items:
+        b = min(n - 1, int((flops - lo) / max(1, hi - lo) * n))
+        bins[b].append((arch, flops, params))
+    chosen: list[tuple[Arch, int, int]] = []
+    used_ops: dict[str, int] = {}
+
+    def novelty(entry) -> tuple:
+        ops = [s.op for s in entry[0].stages]
+        return (sum(used_ops.get(o, 0) for o in ops), rng.random())
+
+    leftovers = []
+    for members in bins:  # one per bin, then fill from what is left where bins were empty
+        if members:
+            best = min(members, key=novelty)
+            chosen.append(best)
+            for s in best[0].stages:
+                used_ops[s.op] = used_ops.get(s.op, 0) + 1
+            leftovers += [m for m in members if m is not best]
+    while len(chosen) < n:
+        best = min(leftovers, key=novelty)
+        leftovers.remove(best)
+        chosen.append(best)
+        for s in best[0].stages:
+            used_ops[s.op] = used_ops.get(s.op, 0) + 1
+    chosen.sort(key=lambda e: e[1])
+    return [{"index": i, "arch": a.to_dict(), "flops": f, "params": p, "families": list(_families(a))}
+            for i, (a, f, p) in enumerate(chosen)]
+
+
+# ------------------------------------------------------------------------------------------------ the jobs
+def _jobs(setup: Setup, archs: list[dict[str, Any]]) -> list[tuple[int, str, int]]:
+    """(arch index, setting, seed) of every job, cheapest kinds first: zero-cost, proxies, then the reference."""
+    cheapest = setup.cheapest()
+    jobs = [(a["index"], ZERO_COST, setup.seed) for a in archs]
+    for name in setup.settings:
+        seeds = range(setup.seeds) if name == cheapest else range(1)
+        jobs += [(a["index"], name, setup.seed + s) for s in seeds for a in archs]
+    jobs += [(a["index"], REFERENCE, setup.seed) for a in archs]
+    return jobs
+
+
+def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | None, seed: int, data,
+             threads: int) -> dict[str, Any]:
+    """One job, in a Ray worker or in this process: a training, or the zero-cost scores of one architecture."""
+    import torch
+
+    from .proxy import build_proxy, train_arch
+
+    arch = Arch.from_dict(arch_dict)
+    t0 = time.perf_counter()
+    if setting == ZERO_COST:
+        from .zero_cost import score_all
+
+        torch.set_num_threads(threads)
+        settings = ProxySettings()
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data.train_x), generator=gen)[:64]
+        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(data.std).view(1, -1, 1, 1)
+        x = (data.train_x[idx].float() / 255.0 - mean) / std
+        scores = score_all(lambda: build_proxy(arch, data, settings, seed), (x, data.train_y[idx]), seed=seed)
+        return {"scores": scores, "seconds": round(time.perf_counter() - t0, 3)}
+    settings = ProxySettings(**knobs)
+    max_val = None if setting == REFERENCE else 1000
+    result = train_arch(arch, data, settings, seed=seed, threads=threads, max_val=max_val)
+    return {"accuracies": result.accuracies, "accuracy": result.accuracies[-1],
+            "train_s": round(result.train_seconds, 3), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, cpus_per_job: int = 1,
+              log: Callable[[str], None] = print, data=None) -> dict[str, Any]:
+    """Run (or continue) the calibration into ``out``; returns ``analyze``'s report, also written to
+    ``report.json`` with the plot ``calibration.png``."""
+    from .data import load_dataset
+    from .proxy import resize_data
+    from .space import load_space
+
+    started = time.time()
+    space = load_space(setup.space)
+    data = data or load_dataset(setup.dataset, setup.data_dir, seed=setup.seed)
+    archs = out.read_archs()
+    if not archs:
+        from .search import _measure
+
+        log(f"sampling {setup.archs} architectures within {format_flops(setup.budget)}FLOPs from {space.name} ...")
+        archs = sample_archs(space, setup.budget, setup.archs, setup.seed, _measure, log=log)
+        out.write_archs(archs)
+    done = {(r["arch"], r["setting"], r["seed"]) for r in out.read_results() if "error" not in r}  # retry errors
+    todo = [j for j in _jobs(setup, archs) if j not in done]
+    log(f"{len(archs)} architectures, {len(done)} jobs done, {len(todo)} to run")
+    if todo:
+        _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data)
+    report = analyze(setup, archs, out.read_results())
+    (out.path / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_report(report, archs, out.read_results(), setup, out.path / "calibration.png")
+    return report
+
+
+def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=True, **({} if address else {"num_cpus": os.cpu_count()}))
+    knobs = {**{n: dataclasses.asdict(s) for n, s in setup.proxies().items()},
+             REFERENCE: dataclasses.asdict(setup.reference_settings())}
+    refs: dict[int | None, Any] = {}
+
+    def data_ref(size: int | None):
+        if size not in refs:
+            refs[size] = ray.put(resize_data(data, size))
+        return refs[size]
+
+    remote = ray.remote(num_cpus=cpus_per_job, max_retries=2, retry_exceptions=False)(_run_job)
+    by_index = {a["index"]: a for a in archs}
+    pending = {}
+    for index, setting, seed in todo:
+        size = None if setting == ZERO_COST else knobs[setting]["image_size"]
+        ref = remote.remote(by_index[index]["arch"], setting, knobs.get(setting), seed, data_ref(size), cpus_per_job)
+        pending[ref] = (index, setting, seed)
+    finished = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index, setting, seed = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except Exception as exc:  # a failing candidate (NaN loss, ...) is recorded, the calibration goes on
+            text = str(exc).strip().splitlines()
+            result = {"error": (text[-1] if text else type(exc).__name__)[:300]}
+        out.append_result({"arch": index, "setting": setting, "seed": seed, **result})
+        finished += 1
+        elapsed = time.time() - started
+        what = (f"accuracy {result['accuracy']:.4f}" if "accuracy" in result else
+                "scored" if "scores" in result else f"FAILED: {result['error']}")
+        log(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] arch {index:2d} {setting:>10s} seed {seed}: {what} "
+            f"({result.get('seconds', 0):.0f} s); {finished}/{finished + len(pending)}")
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dict[str, dict[int, list[float]]],
+                                                            dict[str, list[float]]]:
+    """The reference accuracy per arch; per rung (each setting, FLOPs, params, each zero-cost score) the
+    score(s) per arch (several for a setting repeated over seeds); per rung the seconds each job took."""
+    reference: dict[int, float] = {}
+    rungs: dict[str, dict[int, list[float]]] = {n: {} for n in setup.settings}
+    rungs["flops"] = {a["index"]: [float(a["flops"])] for a in archs}
+    rungs["params"] = {a["index"]: [float(a["params"])] for a in archs}
+    cost: dict[str, list[float]] = {n: [] for n in list(setup.settings) + [REFERENCE, ZERO_COST]}
+    for r in results:
+        if "error" in r:
+            continue
+        if r["setting"] == REFERENCE:
+            reference[r["arch"]] = r["accuracy"]
+        elif r["setting"] == ZERO_COST:
+            for name, value in r["scores"].items():
+                rungs.setdefault(name, {})[r["arch"]] = [value]
+        elif r["setting"] in rungs:
+            rungs[r["setting"]].setdefault(r["arch"], []).append(r["accuracy"])
+        if r["setting"] in cost:
+            cost[r["setting"]].append(r.get("seconds", 0.0))
+    return reference, rungs, cost
+
+
+def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]],
+            resamples: int = 2000) -> dict[str, Any]:
+    """Per rung: tau-b and rho against the reference with bootstrap 90 % intervals, top-3/top-5 overlap, seed
+    noise and cost; over the architectures whose reference and rung are both done."""
+    from .stats import bootstrap_interval, kendall_tau_b, spearman_rho, top_k_overlap
+
+    reference, rungs, cost = _scores_by_rung(setup, archs, results)
+    rows = []
+    for name, per_arch in rungs.items():
+        common = sorted(i for i in per_arch if i in reference and all(np.isfinite(per_arch[i])))
+        score = np.array([np.mean(per_arch[i]) for i in common])
+        ref = np.array([reference[i] for i in common])
+        if name == "flops" or name == "params":
+            kind = "size"
+        elif name in setup.settings:
+            kind = "proxy"
+        else:
+            kind = "zero-cost"
+        sds = [float(np.std(per_arch[i], ddof=1)) for i in common if len(per_arch[i]) > 1]
+        job_cost = cost[ZERO_COST] if kind == "zero-cost" else cost.get(name, [])
+        row = {"rung": name, "kind": kind, "n": len(common),
+               "tau": kendall_tau_b(score, ref), "tau_90": bootstrap_interval(kendall_tau_b, score, ref,
+                                                                             resamples=resamples),
+               "rho": spearman_rho(score, ref), "rho_90": bootstrap_interval(spearman_rho, score, ref,
+                                                                             resamples=resamples),
+               "top3": top_k_overlap(score, ref, 3) if len(common) >= 3 else None,
+               "top5": top_k_overlap(score, ref, 5) if len(common) >= 5 else None,
+               "seed_sd": float(np.mean(sds)) if sds else None, "seeds": max((len(per_arch[i]) for i in common),
+                                                                               default=0),
+               "seconds_per_candidate": float(np.mean(job_cost)) if job_cost and kind != "size" else 0.0}
+        if kind == "proxy" and common:
+            best = common[int(np.argmax(score))]
+            row["pick"] = {"arch": best, "reference": reference[best], "best_reference": float(ref.max())}
+        rows.append(row)
+    ref_cost = cost[REFERENCE]
+    return {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
+            "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
+            "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
+            "rows": rows, "targets": _targets(rows, setup)}
+
+
+def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
+    """The issue's three targets for the first setting (the one a search would use)."""
+    by = {r["rung"]: r for r in rows}
+    main = by.get(next(iter(setup.settings)))
+    if not main or main["n"] < 3:
+        return {}
+    noise = next((r["seed_sd"] for r in rows if r["seed_sd"] is not None), None)
+    size_taus = [by[k]["tau"] for k in ("flops", "params") if k in by]
+    pick = main.get("pick", {})
+    return {
+        "setting": main["rung"],
+        "tau_at_least_0.6": main["tau"] >= 0.6,
+        "tau_interval_above_flops_and_params": bool(size_taus) and main["tau_90"][0] > max(size_taus),
+        "top3_holds_2": main["top3"] is not None and main["top3"] >= 2,
+        "pick_within_one_seed_sd": (None if noise is None or not pick
+                                    else pick["best_reference"] - pick["reference"] <= noise),
+        "seed_sd": noise,
+    }
+
+
+def _fmt_interval(iv) -> str:
+    return "[  n/a ]" if iv is None or any(map(math.isnan, iv)) else f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
+
+
+def print_report(report: dict[str, Any], out=print) -> None:
+    setup = report["setup"]
+    out(f"\ncalibration: {report['reference_done']}/{report['archs']} architectures with a reference; "
+        f"space {Path(setup['space']).name}, budget {format_flops(setup['budget'])}FLOPs, {setup['dataset']}")
+    ref = setup["reference"]
+    if report["reference_accuracy"]:
+        lo, hi = report["reference_accuracy"]
+        out(f"reference: max_train {ref['max_train'] or 'all'}, {ref['epochs']} epochs, accuracy {lo:.3f} to "
+            f"{hi:.3f}, {report['reference_seconds_per_candidate']:.0f} s per candidate")
+    out(f"{'rung':>14s} {'n':>3s} {'tau-b':>6s} {'90% interval':>16s} {'rho':>6s} {'90% interval':>16s} "
+        f"{'top-3':>5s} {'top-5':>5s} {'seed sd':>8s} {'s/cand':>7s}")
+    for r in report["rows"]:
+        sd = f"{r['seed_sd']:.4f}" if r["seed_sd"] is not None else "-"
+        t3 = f"{r['top3']}/3" if r["top3"] is not None else "-"
+        t5 = f"{r['top5']}/5" if r["top5"] is not None else "-"
+        out(f"{r['rung']:>14s} {r['n']:3d} {r['tau']:+6.2f} {_fmt_interval(r['tau_90']):>16s} {r['rho']:+6.2f} "
+            f"{_fmt_interval(r['rho_90']):>16s} {t3:>5s} {t5:>5s} {sd:>8s} {r['seconds_per_candidate']:7.1f}")
+    t = report["targets"]
+    if t:
+        out(f"targets for '{t['setting']}': tau >= 0.6: {_yes(t['tau_at_least_0.6'])}; tau's interval above "
+            f"FLOPs' and params' tau: {_yes(t['tau_interval_above_flops_and_params'])}; top-3 holds 2 of the "
+            f"reference's top 3: {_yes(t['top3_holds_2'])}; pick within one seed sd of the best: "
+            f"{_yes(t['pick_within_one_seed_sd'])}")
+
+
+def _yes(value) -> str:
+    return "n/a" if value is None else "yes" if value else "NO"
+
+
+def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None:
+    """One panel per proxy setting: its accuracy (mean and seed range) against the reference accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference, rungs, _ = _scores_by_rung(setup, archs, results)
+    names = list(setup.settings)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    rows = {r["rung"]: r for r in report["rows"]}
+    for ax, name in zip(axes[0], names):
+        common = sorted(i for i in rungs[name] if i in reference)
+        xs = [np.mean(rungs[name][i]) for i in common]
+        lo = [np.mean(rungs[name][i]) - min(rungs[name][i]) for i in common]
+        hi = [max(rungs[name][i]) - np.mean(rungs[name][i]) for i in common]
+        ax.errorbar(xs, [reference[i] for i in common], xerr=[lo, hi], fmt="o", ms=4, capsize=2)
+        r = rows[name]
+        ax.set_title(f"{name}: tau-b {r['tau']:+.2f} {_fmt_interval(r['tau_90'])}, n={r['n']}", fontsize=9)
+        ax.set_xlabel("proxy accuracy (mean, seed range)")
+        ax.set_ylabel("reference accuracy")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def _parser() -> _cli.Parser:
+    p = _cli.Parser(prog=PROG, description="Measure how well proxy settings (and zero-cost scores) rank "
+                    "architectures of a space against a higher-fidelity reference training, on your data. "
+                    "Rerun the same command to continue an interrupted calibration.")
+    p.add_argument("--out", required=True, help="the output folder (continued if it holds this calibration)")
+    p.add_argument("--budget", required=True, help="sample architectures within this many FLOPs, e.g. 4.5G")
+    p.add_argument("--space", default="hybrid", help="a space YAML file or a built-in name (default: hybrid)")
+    p.add_argument("--archs", type=int, default=20, help="architectures to sample (default: 20)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the cheapest setting, for noise (default: 3)")
+    p.add_argument("--settings", default=None, help="YAML with 'settings' (named proxy settings) and "
+                   "'reference'; default: the search's proxy against the whole split at 3x its epochs")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100 or "
+                   "imagefolder:PATH (default: fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="where the dataset lies")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the trainings (default: 0)")
+    p.add_argument("--address", default=None, help="join a Ray cluster (default: start Ray on this machine)")
+    p.add_argument("--cpus-per-job", type=int, default=1, help="CPUs (threads) per training (default: 1)")
+    return p
+
+
+def _setup_from_args(args) -> Setup:
+    from .space import load_space, resolve_space_path
+
+    if args.archs < 3:
+        raise ValueError(f"--archs {args.archs}: rank statistics need at least 3 architectures (20 or more "
+                         f"for intervals worth reading)")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds} must be at least 1 (2 or more to measure seed noise)")
+    if args.cpus_per_job < 1:
+        raise ValueError(f"--cpus-per-job {args.cpus_per_job} must be at least 1")
+    path = resolve_space_path(args.space)
+    load_space(path)
+    settings, reference = load_settings(args.settings)
+    return Setup(space=str(path.resolve()), space_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                 budget=parse_budget(args.budget), archs=args.archs, seeds=args.seeds, seed=args.seed,
+                 dataset=args.dataset, data_dir=args.data_dir,
+                 settings={n: dataclasses.asdict(s) for n, s in settings.items()},
+                 reference=dataclasses.asdict(reference))
+
+
+def _main(argv: list[str] | None) -> int:
+    from .data import load_dataset
+
+    args = _parser().parse_args(argv)
+    setup = _setup_from_args(args)
+    out = CalibrationDir(args.out)
+    stored = out.read_setup()
+    if stored is not None:
+        check_same_setup(stored, setup, out.path)
+    elif out.path.exists() and any(out.path.iterdir()):
+        raise ValueError(f"--out {out.path} exists and is not a calibration folder; pick an empty or new folder")
+    data = load_dataset(setup.dataset, setup.data_dir, seed=setup.seed)
+    train_images = len(data.train_x)
+    ratio = setup.reference_settings().image_epochs(train_images) / max(
+        s.image_epochs(train_images) for s in setup.proxies().values())
+    if stored is None:
+        out.write_setup(setup)
+    print(f"calibrating on {setup.dataset} ({data.source}: {train_images} train / {len(data.val_x)} val images); "
+          f"the reference sees {ratio:.1f}x the training images x epochs of the costliest setting", flush=True)
+    report = calibrate(setup, out, address=args.address, cpus_per_job=args.cpus_per_job,
+                       log=lambda m: print(m, flush=True), data=data)
+    print_report(report)
+    print(f"wrote {out.path / 'report.json'} and {out.path / 'calibration.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    _cli.run(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    main()

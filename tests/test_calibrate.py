@@ -1,0 +1,190 @@
+"""python -m nas.calibrate: a real small calibration, its report, resume, and refusals."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.calibrate import REFERENCE, ZERO_COST, Setup, analyze, sample_archs
+from nas.space import load_space
+from nas.stats import kendall_tau_b
+from search_helpers import write_space, write_tiny_fashion
+from test_search import clean_env
+
+SETTINGS = """
+settings:
+  default: {max_train: 128, epochs: 2}
+  short: {max_train: 64, epochs: 1}
+reference: {max_train: null, epochs: 3}
+"""
+ARCHS, SEEDS = 4, 2
+# zero-cost once per arch, the cheapest setting ('short') over SEEDS seeds, 'default' once, the reference once
+JOBS = ARCHS * (1 + SEEDS + 1 + 1)
+
+
+def run_calibrate(*args, cwd: Path):
+    return subprocess.run([sys.executable, "-m", "nas.calibrate", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=clean_env())
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrate")
+    write_tiny_fashion(root / "data")
+    write_space(root)
+    (root / "settings.yaml").write_text(SETTINGS)
+    return root
+
+
+def args(workdir: Path, out: str = "out", settings: str = "settings.yaml", *extra) -> list[str]:
+    return ["--out", str(workdir / out), "--budget", "80M", "--space", "mini.yaml", "--archs", str(ARCHS),
+            "--seeds", str(SEEDS), "--settings", settings, "--data-dir", "data", *extra]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def calibrated(workdir):
+    result = run_calibrate(*args(workdir), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir / "out", result
+
+
+def test_every_job_is_recorded_and_the_report_agrees_with_the_results(calibrated):
+    out, result = calibrated
+    results = lines(out / "results.jsonl")
+    assert len(results) == JOBS and not [r for r in results if "error" in r]
+    kinds = {(r["arch"], r["setting"], r["seed"]) for r in results}
+    assert len(kinds) == JOBS  # no job twice
+    assert {r["seed"] for r in results if r["setting"] == "short"} == set(range(SEEDS))
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["rung"]: r for r in report["rows"]}
+    assert {"default", "short", "flops", "params", "synflow", "snip", "naswot", "zico"} <= set(rows)
+    ref = {r["arch"]: r["accuracy"] for r in results if r["setting"] == REFERENCE}
+    for name in ("default", "short"):
+        mean = {i: np.mean([r["accuracy"] for r in results if r["setting"] == name and r["arch"] == i])
+                for i in ref}
+        idx = sorted(ref)
+        assert rows[name]["n"] == ARCHS
+        assert rows[name]["tau"] == pytest.approx(kendall_tau_b([mean[i] for i in idx], [ref[i] for i in idx]),
+                                                  nan_ok=True)
+        lo, hi = rows[name]["tau_90"]
+        assert np.isnan(lo) or -1 <= lo <= hi <= 1
+    short_sd = [np.std([r["accuracy"] for r in results if r["setting"] == "short" and r["arch"] == i], ddof=1)
+                for i in ref]
+    assert rows["short"]["seed_sd"] == pytest.approx(np.mean(short_sd))
+    archs = lines(out / "archs.jsonl")
+    assert rows["flops"]["tau"] == pytest.approx(
+        kendall_tau_b([a["flops"] for a in archs], [ref[a["index"]] for a in archs]), nan_ok=True)
+    assert (out / "calibration.png").stat().st_size > 5000
+    assert "tau-b" in result.stdout and "targets for 'default'" in result.stdout
+
+
+def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir):
+    """Three finished jobs lost and a torn last line (a crash mid-write): the rerun trains exactly those three,
+    and gets the same accuracies (a job is a function of arch, seed and settings)."""
+    out, _ = calibrated
+    path = out / "results.jsonl"
+    original = path.read_text().splitlines()
+    lost = [json.loads(x) for x in original[-3:]]
+    path.write_text("\n".join(original[:-3]) + "\n" + original[-1][:25])
+    result = run_calibrate(*args(workdir), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{JOBS - 3} jobs done, 3 to run" in result.stdout
+    again = lines_tolerant(path)
+    assert len(again) == JOBS
+    redone = {(r["arch"], r["setting"], r["seed"]): r for r in again[-3:]}
+    for r in lost:
+        twin = redone[(r["arch"], r["setting"], r["seed"])]
+        assert twin.get("accuracies", twin.get("scores")) == r.get("accuracies", r.get("scores"))
+
+
+def lines_tolerant(path: Path) -> list[dict]:
+    out = []
+    for x in path.read_text().splitlines():
+        try:
+            out.append(json.loads(x))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_a_changed_setup_is_refused_and_nothing_is_written(calibrated, workdir):
+    out, _ = calibrated
+    (workdir / "other.yaml").write_text(SETTINGS.replace("epochs: 3}", "epochs: 4}"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run_calibrate(*args(workdir, "out", "other.yaml"), cwd=workdir)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "reference" in result.stderr and "--out" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("settings: {}", "at least one named setting"),
+    ("settings: {a: {epochs: 0}}", "settings.a: epochs=0"),
+    ("settings: {a: {}}\nreference: {max_train: lots}", "reference.max_train"),
+    ("settings: {reference: {}}", "reserved"),
+    ("proxies: {a: {}}", "'settings'"),
+])
+def test_bad_settings_file_is_one_line_and_exit_2(workdir, tmp_path, text, needle):
+    (tmp_path / "s.yaml").write_text(text)
+    result = run_calibrate(*args(workdir, str(tmp_path / "o"), str(tmp_path / "s.yaml")), cwd=workdir)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_the_sample_is_distinct_within_budget_and_spread_over_flops():
+    space = load_space("hybrid")
+    # a stand-in cost, monotone in size, so the test needs no FLOP counting: sum of width^2 x depth
+    def measure(arch):
+        cost = sum(s.width ** 2 * s.depth for s in arch.stages)
+        return cost, cost // 10
+
+    costs = sorted(measure(space.random(random.Random(i)))[0] for i in range(400))
+    budget = costs[len(costs) // 2]
+    archs = sample_archs(space, budget, 10, seed=1, measure=measure)
+    flops = [a["flops"] for a in archs]
+    assert len({json.dumps(a["arch"], sort_keys=True) for a in archs}) == 10
+    assert max(flops) <= budget and flops == sorted(flops)
+    # one per FLOPs bin where bins are filled: the sample reaches both ends of the feasible range
+    assert min(flops) < 0.25 * budget and max(flops) > 0.75 * budget
+    ops = {s["op"] for a in archs for s in a["arch"]["stages"]}
+    assert len(ops) >= 6  # operators least represented so far are preferred in each bin
+    assert archs == sample_archs(space, budget, 10, seed=1, measure=measure)  # a function of the seed
+
+
+def _setup(settings=("p",), seeds=2) -> Setup:
+    knobs = {"max_train": 8, "epochs": 1, "width_mult": 0.25, "image_size": None, "batch_size": 8, "lr": 0.003,
+             "grace_period": 2, "scale_windows": True}
+    return Setup(space="s", space_sha256="x", budget=1, archs=6, seeds=seeds, seed=0, dataset="d", data_dir=None,
+                 settings={n: knobs for n in settings}, reference=knobs)
+
+
+def test_analyze_on_known_numbers():
+    """A proxy that orders the six architectures exactly as the reference, with seed noise +-d."""
+    ref = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    archs = [{"index": i, "flops": 100 - i, "params": 10 + i} for i in range(6)]
+    d = 0.01
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(ref)]
+    results += [{"arch": i, "setting": "p", "seed": s, "accuracy": a - 0.3 + (d if s else -d), "seconds": 2.0}
+                for i, a in enumerate(ref) for s in (0, 1)]
+    results += [{"arch": i, "setting": ZERO_COST, "seed": 0, "scores": {"synflow": -i}, "seconds": 0.5}
+                for i in range(6)]
+    report = analyze(_setup(), archs, results, resamples=200)
+    rows = {r["rung"]: r for r in report["rows"]}
+    assert rows["p"]["tau"] == 1 and rows["p"]["rho"] == pytest.approx(1) and rows["p"]["top3"] == 3
+    assert rows["p"]["seed_sd"] == pytest.approx(np.std([-d, d], ddof=1))  # = d * sqrt(2)
+    assert rows["p"]["seconds_per_candidate"] == 2.0 and rows["synflow"]["seconds_per_candidate"] == 0.5
+    assert rows["flops"]["tau"] == -1 and rows["params"]["tau"] == 1 and rows["synflow"]["tau"] == -1
+    assert rows["p"]["pick"] == {"arch": 5, "reference": 0.9, "best_reference": 0.9}
+    t = report["targets"]
+    assert t["tau_at_least_0.6"] and t["top3_holds_2"] and t["pick_within_one_seed_sd"]
+    assert not t["tau_interval_above_flops_and_params"]  # params order them perfectly too: no win over size
