@@ -12,6 +12,12 @@ quarter of the cost of a stride-1 stem (CIFAR ResNets' choice), which a 2-core s
 
 Module names are fixed (``stem``, ``stages.<i>.<j>``, ``head``), so state_dicts move between builds of the
 same Arch and the exported code.
+
+Each stem, downsampler and head is initialized in its constructor as its family's official code does (the
+operators do the same; ``operators._layers.init_weights`` names the schemes): ResNet's stem, the small-image
+stems and the conv downsampler He fan-out (timm's ``resnet.py``); the patchify stem truncated normal 0.02, as
+ConvNeXt's (the official Swin leaves its patch conv at PyTorch's default); CoAtNet's stem He fan-out (timm's
+``maxxvit``); RepVGG's stem PyTorch's default (the official code). Heads: see ``HEAD_INIT``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import operators
-from operators._layers import ConvNormAct, LayerNorm2d
+from operators._layers import ConvNormAct, LayerNorm2d, init_weights
 from operators.convnext import PatchDown
 from operators.repvgg import repvgg
 
@@ -52,32 +58,33 @@ class PatchEmbed(nn.Module):
 
 def stem_conv7_pool(in_chs: int, width: int) -> nn.Module:
     """ResNet: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool."""
-    return nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1))
+    return init_weights(nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1)), "fan_out")
 
 
 def stem_patch4(in_chs: int, width: int) -> nn.Module:
     """Swin / ConvNeXt: 4x4 stride-4 patchify, LayerNorm."""
-    return PatchEmbed(in_chs, width, 4)
+    return init_weights(PatchEmbed(in_chs, width, 4), "trunc_normal")
 
 
 def stem_conv3x2(in_chs: int, width: int) -> nn.Module:
     """CoAtNet S0: 3x3 stride-2 conv, BN, GELU, then a 3x3 conv (the next block pre-norms)."""
-    return nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
+    stem = nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
+    return init_weights(stem, "fan_out")
 
 
 def stem_repvgg(in_chs: int, width: int) -> nn.Module:
-    """RepVGG: a RepVGG block of stride 2."""
+    """RepVGG: a RepVGG block of stride 2 (initialized by the block itself)."""
     return repvgg(in_chs, width, 2)
 
 
 def stem_small1(in_chs: int, width: int) -> nn.Module:
     """Small images: one 3x3 conv, BN, ReLU, stride 1."""
-    return ConvNormAct(in_chs, width, 3, 1)
+    return init_weights(ConvNormAct(in_chs, width, 3, 1), "fan_out")
 
 
 def stem_small2(in_chs: int, width: int) -> nn.Module:
     """Small images: one 3x3 conv, BN, ReLU, stride 2."""
-    return ConvNormAct(in_chs, width, 3, 2)
+    return init_weights(ConvNormAct(in_chs, width, 3, 2), "fan_out")
 
 
 STEMS = {"conv7_pool": stem_conv7_pool, "patch4": stem_patch4, "conv3x2": stem_conv3x2, "repvgg": stem_repvgg,
@@ -99,7 +106,7 @@ def stem_kind(arch: Arch, input_size: int | None = None) -> str:
 
 def conv_down(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     """A stage's separate downsampling layer: 3x3 conv, BN, ReLU."""
-    return ConvNormAct(in_chs, out_chs, 3, stride)
+    return init_weights(ConvNormAct(in_chs, out_chs, 3, stride), "fan_out")
 
 
 DOWNSAMPLERS = {"conv": conv_down, "patch": PatchDown}  # ``downsample: op`` leaves it to the operator
@@ -122,6 +129,12 @@ def stage_layers(block: Callable[..., nn.Module], in_chs: int, width: int, depth
     return layers
 
 
+# The classifier's init per head type, as the family that uses it: torchvision's and timm's ResNet, timm's
+# CoAtNet and the official RepVGG keep PyTorch's default Linear; the official Swin and ConvNeXt draw N(0, 0.02^2)
+# truncated to [-2, 2], biases 0. A pre-logits Linear gets the same scheme as the classifier.
+HEAD_INIT = {"pool_linear": "torch_default", "norm_pool_linear": "trunc_normal", "pool_norm_linear": "trunc_normal"}
+
+
 class Head(nn.Module):
     def __init__(self, kind: str, in_chs: int, num_classes: int, hidden: int = 0):
         super().__init__()
@@ -129,6 +142,7 @@ class Head(nn.Module):
         self.norm = nn.LayerNorm(in_chs) if kind == "pool_norm_linear" else None  # ConvNeXt: pool, then LN
         self.pre_logits = nn.Sequential(nn.Linear(in_chs, hidden), nn.Tanh()) if hidden else None
         self.fc = nn.Linear(hidden or in_chs, num_classes)
+        init_weights(self, HEAD_INIT[kind])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_map is not None:

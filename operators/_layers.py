@@ -4,10 +4,15 @@ Re-parameterization follows RepVGG (Ding et al., CVPR 2021): a BatchNorm in eval
 ``y = (x - mean) * t + beta`` with ``t = gamma / sqrt(var + eps)``, so a conv followed by BN is one conv with
 weight ``W * t`` and bias ``beta + (b - mean) * t``; parallel linear branches of the same stride sum into
 one kernel once each is zero-padded to the largest kernel size.
+
+Initialization: ``init_weights(module, scheme)`` holds the named schemes the operators' official code uses
+(He fan-out, truncated normal 0.02, Glorot, ACmix's shift kernels, PyTorch's default); each operator applies
+its own at the end of its constructor, so a build on the meta device runs the same code and skips the work.
 """
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -210,9 +215,62 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+    """N(0, std^2) truncated to [-2, 2], the defaults of timm's ``trunc_normal_`` that the official Swin and
+    ConvNeXt call: the bounds are absolute, so at std 0.02 they sit 100 std out and cut nothing that matters."""
+    return nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0)
 
 
+# Named weight-initialization schemes, one piece of code each (see ``init_weights``).
+INIT_SCHEMES = ("fan_out", "trunc_normal", "xavier", "shift", "torch_default")
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, scheme: str) -> nn.Module:
+    """Initialize with ``scheme`` every Conv2d and Linear under ``module`` that has no scheme yet, record the
+    scheme on each as ``init_scheme``, and return ``module``.
+
+    Operators call it at the end of their constructors. A part built inside them that chose its own scheme was
+    built (so initialized) first and keeps it: the innermost scheme wins (ACmix's shift conv inside a Swin block
+    or a ResNet bottleneck, for instance). Norms keep PyTorch's weight 1 and bias 0, which is also what every
+    official code below sets.
+
+    - "fan_out": weight ~ N(0, 2 / fan_out), fan_out = out channels x kernel area / groups (a Linear counts as
+      a 1x1 conv), bias 0. He et al.'s init as torchvision's and timm's ``resnet.py`` write it
+      (``kaiming_normal_``, mode fan_out, relu: the same at groups 1), and timm's EfficientNet
+      (``_init_weight_goog``), CoAtNet conv (``maxxvit._init_conv``) and ``byobnet`` write it with groups.
+    - "trunc_normal": weight ~ N(0, 0.02^2) truncated to [-2, 2] (``trunc_normal_``), bias 0: the official Swin
+      and ConvNeXt ``_init_weights``.
+    - "xavier": Glorot uniform weight, bias 0: ViT's JAX code and timm's ``maxxvit._init_transformer``.
+    - "shift": one-hot kernels, input map i of each group read at kernel cell i only, bias 0: ACmix's shift
+      initialization of its grouped conv (the conv needs kernel area input channels per group).
+    - "torch_default": PyTorch's own init kept (``kaiming_uniform_`` with a = sqrt(5), bias uniform in
+      +-1 / sqrt(fan_in)): the official RepVGG and MobileOne code sets nothing else.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init scheme {scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
+    for m in module.modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, "init_scheme", None):
+            continue
+        w = m.weight
+        if scheme == "fan_out":
+            fan_out = w.shape[0] * math.prod(w.shape[2:]) // getattr(m, "groups", 1)
+            nn.init.normal_(w, 0.0, math.sqrt(2.0 / fan_out))
+        elif scheme == "trunc_normal":
+            trunc_normal_(w)
+        elif scheme == "xavier":
+            nn.init.xavier_uniform_(w)
+        elif scheme == "shift":
+            k = w.shape[-1]
+            if w.shape[1] != k * k:
+                raise ValueError(f"a shift init needs {k * k} input channels per group, got {w.shape[1]}")
+            cells = torch.arange(k * k, device=w.device)
+            kernel = torch.zeros(k * k, k, k, dtype=w.dtype, device=w.device)
+            kernel[cells, cells // k, cells % k] = 1.0
+            w.copy_(kernel.expand_as(w))
+        if m.bias is not None and scheme != "torch_default":
+            nn.init.zeros_(m.bias)
+        m.init_scheme = scheme
+    return module
 
 
 @torch.no_grad()

@@ -17,6 +17,14 @@ Departures: neighbours of the local attention that fall outside the map are mask
 code reflection-pads (reflection is undefined on maps smaller than the kernel, which proxies meet). At
 deploy the BN after the bottleneck mixer folds: its scale into rate1 (which becomes per-channel) and into
 the shift conv, its shift into the shift conv's bias.
+
+Init as the official code (LeapLabTHU/ACmix): the shift conv one-hot ("shift"), rate1 = rate2 = 0.5; in
+``layout="bottleneck"`` every other conv, the fc included, He normal fan-out with BN weight 1 and bias 0 and no
+zeroed last BN (``ResNet_ImageNet.py``, torchvision's init with ``zero_init_residual=False``); in
+``layout="window"`` Swin's (``swin_transformer_acmix.py``): Linear N(0, 0.02^2) truncated to [-2, 2], biases 0,
+and the fc (a conv there) at PyTorch's default. Two departures: the official ResNet loop also re-draws the
+shift conv (He normal) after the module set its shift kernels, against the paper's stated shift init, which we
+keep; and it leaves the q, k, v and position conv biases at PyTorch's default, where ours start at 0.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosBias, local_attention, window_attention
-from ._layers import check_heads, default_heads, fuse_bn
+from ._layers import check_heads, default_heads, fuse_bn, init_weights
 from ._registry import register_op
 from .resnet import Bottleneck
 from .swin import SwinBlock
@@ -45,12 +53,7 @@ class ShiftConvPath(nn.Module):
         head_dim = dim // heads
         self.fc = nn.Linear(3 * heads, self.kk, bias=False)
         self.dep_conv = nn.Conv2d(self.kk * head_dim, dim, kernel, stride, kernel // 2, groups=head_dim)
-        with torch.no_grad():  # output channel o of a group sees input map i only at kernel cell i: a shift
-            shift = torch.zeros(self.kk, kernel, kernel)
-            cells = torch.arange(self.kk)
-            shift[cells, cells // kernel, cells % kernel] = 1.0
-            self.dep_conv.weight.copy_(shift.expand(dim, -1, -1, -1))
-            self.dep_conv.bias.zero_()
+        init_weights(self.dep_conv, "shift")  # output channel o of a group sees input map i only at cell i
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, w, c = q.shape
@@ -114,6 +117,7 @@ class ACmixWindow(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.conv_path = ShiftConvPath(dim, heads, kernel_conv, 1)
         self.rate1, self.rate2 = _rate(), _rate()
+        init_weights(self.conv_path.fc, "torch_default")  # a conv in the official code, which Swin's init skips
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -131,7 +135,7 @@ def acmix(in_chs: int, out_chs: int, stride: int = 1, layout: str = "bottleneck"
         def mixer(mid: int, s: int) -> nn.Module:
             h = check_heads("acmix", mid, heads or default_heads(mid, mid / 4))  # 4 heads as in ACmix-ResNet
             return ACmixLocal(mid, s, h, kernel_att, kernel_conv)
-        return Bottleneck(in_chs, out_chs, stride, mixer, expansion=expansion)
+        return Bottleneck(in_chs, out_chs, stride, mixer, expansion=expansion, zero_init_last=False)
     if layout == "window":
         h = check_heads("acmix", out_chs, heads or default_heads(out_chs, head_dim))
         return SwinBlock(in_chs, out_chs, stride, lambda d: ACmixWindow(d, h, window, shift, kernel_conv),

@@ -10,6 +10,10 @@ Departures: at stride 2 the attention runs on a 2x2 average-pooled input (ceil f
 paper leaves open; relative embeddings have a fixed extent (``rel_extent``, default 14) and longer offsets
 share the edge entries, so the block runs at any resolution. Re-parameterization folds the BN into the
 conv (its first out - d_v channels) and into the output projection (the last d_v).
+
+Init: no official PyTorch code is public, so the ResNet scheme of AA-ResNet's bottleneck (timm's
+``resnet.py``): He normal fan-out on the conv, the q, k, v and output projections, biases 0, the last BN of the
+bottleneck zeroed; the relative embeddings N(0, 1 / d_k per head), as the paper's TensorFlow listing draws them.
 """
 
 from __future__ import annotations

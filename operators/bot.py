@@ -10,6 +10,10 @@ Departure: the relative embeddings have a fixed extent (``rel_extent``, default 
 
 Re-parameterization: the BN after the attention folds into the v projection (softmax rows sum to 1 and
 average pooling keeps constants, so a per-channel affine map of the output is the same map of v).
+
+Init as timm's BoTNet (``byobnet._init_weights`` over ``byoanet``'s bottleneck-attention blocks): every conv,
+the qkv projection included, He normal with fan-out ("fan_out", ResNet's ``Bottleneck``), BN weight 1 and bias
+0, the last BN zero-initialized (``zero_init_last``); the relative embeddings N(0, 1 / head_dim).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ maps are zero-padded on the bottom/right so the output is ceil(H/2)); at stride 
 conv is 1x1. Drop-path is left to the trainer (off by default here, as for a proxy).
 
 Re-parameterization: the layer scale folds into the last 1x1 conv. There is no BatchNorm to fold.
+
+Init as the official ConvNeXt (``_init_weights``): every Conv2d and Linear N(0, 0.02^2) truncated to [-2, 2]
+(timm's ``trunc_normal_``), biases 0, LayerNorm weight 1 and bias 0, layer scale 1e-6 ("trunc_normal").
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import LayerNorm2d
+from ._layers import LayerNorm2d, init_weights
 from ._registry import register_op
 
 
@@ -26,6 +29,7 @@ class PatchDown(nn.Module):
         self.norm = LayerNorm2d(in_chs, eps=1e-6)
         self.conv = nn.Conv2d(in_chs, out_chs, stride, stride)
         self.stride = stride
+        init_weights(self, "trunc_normal")  # also when a stage of another operator uses it to downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
@@ -46,6 +50,7 @@ class ConvNeXtBlock(nn.Module):
         self.act = nn.GELU()
         self.pw2 = nn.Linear(hidden, out_chs)
         self.gamma = nn.Parameter(torch.full((out_chs,), layer_scale)) if layer_scale > 0 else None
+        init_weights(self, "trunc_normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(x)

@@ -12,6 +12,10 @@ stride on the depthwise conv instead; CoAtNet's placement costs a quarter of the
 
 Re-parameterization: every BN that follows a conv folds into it, and the pre-norm BN folds into the 1x1
 expand conv that follows it (exact, because that conv is 1x1 and unpadded, at any stride).
+
+Init as timm's CoAtNet conv blocks (``maxxvit._init_conv``, the "efficientnet like" default) and EfficientNet
+(``_init_weight_goog``, after the official TF code): every conv, the SE's and the shortcut's included, He
+normal with fan-out = kernel area x out channels / groups, biases 0, BN weight 1 and bias 0 ("fan_out").
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import ConvNormAct, SqueezeExcite, fold_bn_into_next_conv, pool_ceil
+from ._layers import ConvNormAct, SqueezeExcite, fold_bn_into_next_conv, init_weights, pool_ceil
 from ._registry import register_op
 
 
@@ -37,6 +41,7 @@ class MBConv(nn.Module):
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(pool_ceil(stride), nn.Conv2d(in_chs, out_chs, 1))
+        init_weights(self, "fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pre_norm(x) if self.pre_norm is not None else x

@@ -10,6 +10,10 @@ ReLU -> a pointwise unit (``k`` 1x1 conv+BN branches and an identity BN) -> ReLU
 conv: a depthwise 3x3 then a 1x1, which is the paper's deploy form (the paper's "one conv" is per unit).
 ``k`` defaults to 1 (MobileOne-S1..S4); S0 uses 4. Neither block has a residual shortcut at deploy, which
 is the point of both papers.
+
+Init as the official code of both (DingXiaoH/RepVGG ``repvgg.py``, apple/ml-mobileone ``mobileone.py``), which
+sets none: PyTorch's defaults, BN weight 1 and bias 0 ("torch_default"). timm's ``byobnet`` departs from them
+(He fan-out convs, and random BN weights N(0.1, 0.1^2) in RepVGG blocks); we keep the authors'.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import RepConv
+from ._layers import RepConv, init_weights
 from ._registry import register_op
 
 
@@ -26,6 +30,7 @@ class RepVGGBlock(nn.Module):
         super().__init__()
         self.conv = RepConv(in_chs, out_chs, 3, stride, groups, num_branches=1, scale_branch=True)
         self.act = nn.ReLU()
+        init_weights(self, "torch_default")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
@@ -37,6 +42,7 @@ class MobileOneBlock(nn.Module):
         self.depthwise = RepConv(in_chs, in_chs, 3, stride, groups=in_chs, num_branches=num_branches)
         self.pointwise = RepConv(in_chs, out_chs, 1, 1, num_branches=num_branches)
         self.act = nn.ReLU()
+        init_weights(self, "torch_default")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.pointwise(self.act(self.depthwise(x))))

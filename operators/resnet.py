@@ -7,6 +7,10 @@ projection whenever the stride or width changes (option B of the paper).
 ``Bottleneck`` takes the spatial mixer as a factory, so the attention variants of ResNet-50 (BoTNet,
 ACmix-ResNet, X-volution, attention-augmented ResNet) replace the 3x3 conv and keep everything else.
 Departures: none beyond torchvision's stride placement.
+
+Init as timm's ``resnet.py`` (``init_weights``): He normal, fan-out, on every conv ("fan_out"), BN weight 1 and
+bias 0, and the last BN of the residual branch zero-initialized (timm's default ``zero_init_last``; torchvision
+has it too, as ``zero_init_residual``, but off by default), so each residual branch starts at zero.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._layers import ConvNormAct
+from ._layers import ConvNormAct, init_weights
 from ._registry import register_op
 
 # mixer(mid_chs, stride) -> module mapping (N, mid, H, W) to (N, mid, ceil(H/s), ceil(W/s)), BN + ReLU included
@@ -37,16 +41,22 @@ class BasicBlock(nn.Module):
         self.conv2 = ConvNormAct(out_chs, out_chs, 3, act=None)
         self.shortcut = projection(in_chs, out_chs, stride)
         self.act = nn.ReLU()
+        init_weights(self, "fan_out")
+        nn.init.zeros_(self.conv2.bn.weight)  # timm's zero_init_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce -> mixer (carries the stride) -> 1x1 expand, BN after each, plus the shortcut."""
+    """1x1 reduce -> mixer (carries the stride) -> 1x1 expand, BN after each, plus the shortcut.
+
+    Parts of the mixer that initialize themselves keep their scheme; every other conv gets "fan_out", and
+    ``zero_init_last`` zeroes the expand BN's weight (timm's default; ACmix's official code leaves it off).
+    """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, mixer: MixerFactory | None = None,
-                 expansion: int = 4, mid_chs: int | None = None):
+                 expansion: int = 4, mid_chs: int | None = None, zero_init_last: bool = True):
         super().__init__()
         mid = mid_chs or max(1, out_chs // expansion)
         mixer = mixer or (lambda c, s: ConvNormAct(c, c, 3, s))
@@ -55,6 +65,9 @@ class Bottleneck(nn.Module):
         self.expand = ConvNormAct(mid, out_chs, 1, act=None)
         self.shortcut = projection(in_chs, out_chs, stride)
         self.act = nn.ReLU()
+        init_weights(self, "fan_out")
+        if zero_init_last:
+            nn.init.zeros_(self.expand.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.expand(self.mixer(self.reduce(x))) + self.shortcut(x))

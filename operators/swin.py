@@ -14,6 +14,9 @@ at stride 1 a width change is LayerNorm + linear.
 Departures, for maps that are not multiples of M (the proxy's): maps are padded to a multiple of the window
 and the padded keys are masked, where Swin for detection lets them in; a window larger than the map shrinks
 to the map and is then not shifted on that axis (Swin's own rule at low resolution, applied per axis).
+
+Init as the official Swin (``_init_weights``): every Linear N(0, 0.02^2) truncated to [-2, 2] (timm's
+``trunc_normal_``), biases 0, LayerNorm weight 1 and bias 0, the relative bias table likewise ("trunc_normal").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._attention import RelPosBias, window_attention
-from ._layers import Mlp, check_heads, default_heads
+from ._layers import Mlp, check_heads, default_heads, init_weights
 from ._registry import register_op
 
 
@@ -73,6 +76,7 @@ class SwinBlock(nn.Module):
         self.mixer = mixer(out_chs)
         self.norm2 = nn.LayerNorm(out_chs)
         self.mlp = Mlp(out_chs, max(1, round(out_chs * mlp_ratio)))
+        init_weights(self, "trunc_normal")  # a mixer's parts that initialized themselves keep their scheme
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(x.permute(0, 2, 3, 1))

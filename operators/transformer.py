@@ -11,6 +11,10 @@ x <- Proj(Pool(x)) + Attention(Pool(Norm(x))): Pool is 2x2 average pooling (ceil
 Departure: the bias table has a fixed extent (``rel_extent``, default 14, the 14x14 map of stride 16 at
 224 px) and offsets beyond it share the table's edge entries, so the same parameters serve any resolution;
 CoAtNet sizes the table to the training resolution and interpolates it when the resolution changes.
+
+Init as timm's CoAtNet T blocks (``maxxvit._init_transformer``, its default "vit_eff" scheme) and ViT's
+official JAX code: every Linear and conv Glorot uniform, biases 0, LayerNorm weight 1 and bias 0, the relative
+bias table N(0, 0.02^2) ("xavier"). Departure: both draw the MLP biases from N(0, 1e-6^2); here they are 0.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosBias, attend, merge_heads, split_heads
-from ._layers import LayerNorm2d, Mlp, check_heads, default_heads, pool_ceil
+from ._layers import LayerNorm2d, Mlp, check_heads, default_heads, init_weights, pool_ceil
 from ._registry import register_op
 
 
@@ -54,6 +58,7 @@ class TransformerBlock(nn.Module):
             self.shortcut = nn.Sequential(pool_ceil(stride), nn.Conv2d(in_chs, out_chs, 1))
         self.norm2 = nn.LayerNorm(out_chs)
         self.mlp = Mlp(out_chs, max(1, round(out_chs * mlp_ratio)))
+        init_weights(self, "xavier")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.attn(self.pool(self.norm1(x)).permute(0, 2, 3, 1))

@@ -13,6 +13,9 @@ As in the paper's best ResNet-50 setting, the X-volution replaces the 3x3 conv o
 Departures: the paper does not publish its shift set or how the products are combined; we chose the
 8 neighbours at L = 1 (``shift``) with zero padding at the borders, averaged, so that the PSSA branch
 costs the same as the conv branch and the merged deploy conv costs exactly what the two branches did.
+
+Init: no official code is public, so the ResNet scheme of the bottleneck it sits in (timm's ``resnet.py``):
+He normal fan-out on both branches' convs, BN weight 1 and bias 0, the last BN of the bottleneck zeroed.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ def test_same_width_stride_one_keeps_shape(name, kw):
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
 def test_gradients_reach_every_parameter(name, kw):
     op = operators.create_op(name, 16, 32, 2, **kw)
+    _jitter(op)  # a zero-initialized last BN (ResNet's zero_init_last) stops the branch's gradients at init only
     op(torch.randn(2, 16, 15, 15)).square().mean().backward()
     for pname, p in op.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
@@ -58,9 +59,14 @@ def _train_a_little(op: nn.Module, in_chs: int, steps: int = 4) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():  # move every parameter off its init (layer scales, BN affines, rates, ...)
-        for p in op.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    _jitter(op)
+
+
+@torch.no_grad()
+def _jitter(op: nn.Module) -> None:
+    """Move every parameter off its init (layer scales, zeroed BN weights, BN affines, rates, ...)."""
+    for p in op.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
 
 
 def _num_modules(m: nn.Module) -> int:

@@ -1,0 +1,243 @@
+"""Initialization: every operator, stem, downsampler and head starts as its official implementation does.
+
+Every Conv2d and Linear records the scheme that initialized it (``init_scheme``, set by
+``operators._layers.init_weights``). The tables below declare, independently of the code, which schemes each
+operator, stem, downsampler and head may use; the tests hold the layers to those declarations and the weights
+to each scheme's formula (the spread, the shape of the law and the biases), and the norms, zero-initialized
+last BNs, layer scales, rates and relative-position tables to what the docstrings state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import operators
+from nas.arch import HEAD_TYPES
+from nas.network import DOWNSAMPLERS, STEMS, Head
+from operators._attention import RelPosBias, RelPosLogits
+
+CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
+IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+
+# Per operator: the schemes its convs and linears may carry, and whether the last BN of its residual branch
+# starts at zero (timm's zero_init_last). The source of each is in the operator's module docstring. A newly
+# registered operator fails test_every_operator_declares_its_init until it is added here.
+DECLARED: dict[str, tuple[set[str], bool]] = {
+    "resnet_basic": ({"fan_out"}, True),  # timm resnet.py
+    "resnet_bottleneck": ({"fan_out"}, True),  # timm resnet.py
+    "bot": ({"fan_out"}, True),  # timm byobnet / byoanet
+    "xvolution": ({"fan_out"}, True),  # no official code: the ResNet scheme
+    "attention_augmented": ({"fan_out"}, True),  # no official PyTorch code: the ResNet scheme
+    "acmix": ({"fan_out", "shift", "trunc_normal", "torch_default"}, False),  # LeapLabTHU/ACmix, both layouts
+    "mbconv": ({"fan_out"}, False),  # timm maxxvit _init_conv, efficientnet _init_weight_goog
+    "convnext": ({"trunc_normal"}, False),  # facebookresearch/ConvNeXt
+    "swin": ({"trunc_normal"}, False),  # microsoft/Swin-Transformer
+    "transformer": ({"xavier"}, False),  # timm maxxvit _init_transformer, ViT's JAX code
+    "repvgg": ({"torch_default"}, False),  # DingXiaoH/RepVGG sets nothing
+    "mobileone": ({"torch_default"}, False),  # apple/ml-mobileone sets nothing
+}
+STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
+                 "small1": "fan_out", "small2": "fan_out"}
+DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal"}
+HEAD_DECLARED = {"pool_linear": "torch_default", "norm_pool_linear": "trunc_normal", "pool_norm_linear": "trunc_normal"}
+
+# timm's trunc_normal_(w, std=.02), as the official Swin and ConvNeXt call it: bounds [-2, 2] in absolute units.
+TRUNC_STD, TRUNC_BOUND = 0.02, 2.0
+LAYERS = (nn.Conv2d, nn.Linear)
+NORMS = (nn.BatchNorm2d, nn.LayerNorm)
+
+
+def truncated_std(b: float) -> float:
+    """Standard deviation of N(0, 1) truncated to [-b, b]: sqrt(1 - 2 b phi(b) / (Phi(b) - Phi(-b)))."""
+    phi = math.exp(-b * b / 2) / math.sqrt(2 * math.pi)
+    return math.sqrt(1 - 2 * b * phi / math.erf(b / math.sqrt(2)))
+
+
+def fans(m: nn.Module) -> tuple[int, int]:
+    """PyTorch's (fan_in, fan_out) of a conv or linear weight: channels times the kernel area."""
+    w = m.weight
+    area = math.prod(w.shape[2:])
+    return w.shape[1] * area, w.shape[0] * area
+
+
+def law(m: nn.Module, scheme: str) -> tuple[float, bool]:
+    """(the standard deviation the scheme gives ``m``'s weight, whether its law is uniform rather than normal)."""
+    fan_in, fan_out = fans(m)
+    if scheme == "fan_out":  # He et al.: N(0, 2 / fan_out), fan_out per group as timm and TF count it
+        return math.sqrt(2 / (fan_out / getattr(m, "groups", 1))), False
+    if scheme == "trunc_normal":
+        return TRUNC_STD * truncated_std(TRUNC_BOUND / TRUNC_STD), False
+    if scheme == "xavier":  # Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), std a / sqrt(3)
+        return math.sqrt(2 / (fan_in + fan_out)), True
+    if scheme == "torch_default":  # kaiming_uniform_(a=sqrt(5)): U(-a, a), a = 1 / sqrt(fan_in), std a / sqrt(3)
+        return 1 / math.sqrt(3 * fan_in), True
+    raise AssertionError(f"no formula for scheme {scheme!r}")
+
+
+def check_weights(layers: list[nn.Module], scheme: str) -> None:
+    """The layers' weights, each divided by the std its scheme gives it, pooled: mean 0, std 1, and the tail
+    beyond sqrt(3) of the scheme's law (none for a uniform law, erfc(sqrt(3 / 2)), about 8%, for a normal one).
+    Tolerances are 5 standard errors at the pooled size n: 1 / sqrt(n) for the mean, sqrt((kurtosis - 1) / 4n) for
+    the std (kurtosis <= 3 for every law here) and sqrt(p (1 - p) / n) for the tail fraction p."""
+    z = torch.cat([m.weight.detach().flatten() / law(m, scheme)[0] for m in layers]).double()
+    n = z.numel()
+    uniform = law(layers[0], scheme)[1]
+    if uniform:
+        tail = 0.0
+    else:  # a normal truncated at +-b standard deviations of its parameter (b = infinity: not truncated)
+        b = TRUNC_BOUND / TRUNC_STD if scheme == "trunc_normal" else math.inf
+        s = truncated_std(b) if math.isfinite(b) else 1.0
+        tail = (math.erfc(math.sqrt(3) * s / math.sqrt(2)) - math.erfc(b / math.sqrt(2))) / math.erf(b / math.sqrt(2))
+    assert abs(z.mean().item()) < 5 / math.sqrt(n), (scheme, z.mean().item(), n)
+    assert abs(z.std().item() - 1) < 5 * math.sqrt(2 / (4 * n)), (scheme, z.std().item(), n)
+    frac = (z.abs() > math.sqrt(3)).double().mean().item()
+    assert abs(frac - tail) <= 5 * math.sqrt(tail * (1 - tail) / n) + 1e-12, (scheme, frac, tail, n)
+
+
+def check_biases(layers: list[nn.Module], scheme: str) -> None:
+    for m in layers:
+        if m.bias is None:
+            continue
+        if scheme == "torch_default":  # uniform in +-1 / sqrt(fan_in)
+            assert m.bias.abs().max() <= 1 / math.sqrt(fans(m)[0]) and m.bias.abs().sum() > 0
+        else:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), (scheme, m)
+
+
+def check_shift(m: nn.Conv2d) -> None:
+    """ACmix's shift kernels: input map i of each group is read at kernel cell i only."""
+    k = m.kernel_size[0]
+    want = torch.zeros(k * k, k, k)
+    for i in range(k * k):
+        want[i, i // k, i % k] = 1.0
+    assert torch.equal(m.weight, want.expand_as(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+def check_module(module: nn.Module, allowed: set[str]) -> dict[str, list[nn.Module]]:
+    """Every conv and linear carries an allowed scheme and follows it; returns the layers by scheme."""
+    by_scheme: dict[str, list[nn.Module]] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, LAYERS):
+            scheme = getattr(m, "init_scheme", None)
+            assert scheme in allowed, f"{name or type(m).__name__}: init {scheme!r}, declared {sorted(allowed)}"
+            by_scheme.setdefault(scheme, []).append(m)
+    for scheme, layers in by_scheme.items():
+        if scheme == "shift":
+            for m in layers:
+                check_shift(m)
+        else:
+            check_weights(layers, scheme)
+            check_biases(layers, scheme)
+    return by_scheme
+
+
+def norm_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weight of every BatchNorm and LayerNorm (LayerNorm2d included); each bias must be 0."""
+    weights = []
+    for m in module.modules():
+        if isinstance(m, NORMS) and m.weight is not None:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), m
+            weights.append(m.weight.detach())
+    return weights
+
+
+def test_every_operator_declares_its_init():
+    missing = sorted(set(operators.list_ops()) - set(DECLARED))
+    assert not missing, f"declare the init of {missing} in DECLARED (and state it in the operator's docstring)"
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_layers_follow_the_declared_scheme(name, kw):
+    torch.manual_seed(0)
+    op = operators.create_op(name, 32, 64, 2, **kw)  # in != out, so fan-in and fan-out formulas differ
+    check_module(op, DECLARED[name][0])
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_norms_start_at_one_and_last_bn_at_zero_where_declared(name, kw):
+    zero_last = DECLARED[name][1]
+    for in_chs, out_chs, stride in [(32, 32, 1), (16, 32, 2)]:
+        op = operators.create_op(name, in_chs, out_chs, stride, **kw)
+        weights = norm_weights(op)
+        zeroed = sum(1 for w in weights if not w.any())
+        assert zeroed == int(zero_last), f"{zeroed} norms start at weight 0, declared {int(zero_last)}"
+        assert all(torch.equal(w, torch.ones_like(w)) for w in weights if w.any())
+    if zero_last:  # the residual branch adds 0: the block starts as ReLU(identity)
+        op = operators.create_op(name, 32, 32, 1, **kw)
+        x = torch.randn(2, 32, 9, 9)
+        with torch.no_grad():
+            torch.testing.assert_close(op(x), torch.relu(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_relative_position_tables(name, kw):
+    """Swin / CoAtNet bias tables: trunc normal 0.02; BoTNet / AA embeddings: N(0, 1 / head_dim)."""
+    torch.manual_seed(0)
+    op = operators.create_op(name, 64, 64, 1, **kw)
+    for m in op.modules():
+        if isinstance(m, RelPosBias):
+            tables, std = [m.table], TRUNC_STD * truncated_std(TRUNC_BOUND / TRUNC_STD)
+        elif isinstance(m, RelPosLogits):
+            tables, std = [m.rel_h, m.rel_w], m.rel_h.shape[1] ** -0.5
+        else:
+            continue
+        z = torch.cat([t.detach().flatten() for t in tables]).double() / std
+        assert abs(z.std().item() - 1) < 5 * math.sqrt(2 / (4 * z.numel())), (type(m).__name__, z.std().item())
+
+
+def test_convnext_layer_scale_starts_at_1e_6():
+    op = operators.create_op("convnext", 32, 32)
+    assert torch.equal(op.gamma, torch.full_like(op.gamma, 1e-6))
+
+
+@pytest.mark.parametrize("layout", ["bottleneck", "window"])
+def test_acmix_keeps_its_official_parts(layout):
+    """Shift kernels, rates 0.5, and the fc as the official layout has it: He fan-out in the ResNet, PyTorch's
+    default in the Swin (whose init touches only Linear layers, and the fc is a conv there)."""
+    op = operators.create_op("acmix", 32, 64, 1, layout=layout)
+    mixer = op.mixer
+    assert mixer.conv_path.dep_conv.init_scheme == "shift"
+    assert mixer.conv_path.fc.init_scheme == ("fan_out" if layout == "bottleneck" else "torch_default")
+    assert mixer.rate1.item() == mixer.rate2.item() == 0.5
+    other = {getattr(m, "init_scheme") for m in op.modules() if isinstance(m, LAYERS)} - {"shift", "torch_default"}
+    assert other == ({"fan_out"} if layout == "bottleneck" else {"trunc_normal"})
+
+
+@pytest.mark.parametrize("kind", sorted(STEMS))
+def test_stems(kind):
+    assert set(STEMS) == set(STEM_DECLARED), "declare the init of every stem in STEM_DECLARED"
+    torch.manual_seed(0)
+    stem = STEMS[kind](3, 96)
+    check_module(stem, {STEM_DECLARED[kind]})
+    assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(stem))
+
+
+@pytest.mark.parametrize("kind", sorted(DOWNSAMPLERS))
+def test_downsamplers(kind):
+    assert set(DOWNSAMPLERS) == set(DOWNSAMPLER_DECLARED), "declare the init of every downsampler"
+    torch.manual_seed(0)
+    layer = DOWNSAMPLERS[kind](64, 128, 2)
+    check_module(layer, {DOWNSAMPLER_DECLARED[kind]})
+    assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(layer))
+
+
+@pytest.mark.parametrize("hidden", [0, 192])
+@pytest.mark.parametrize("kind", HEAD_TYPES)
+def test_heads(kind, hidden):
+    assert set(HEAD_TYPES) == set(HEAD_DECLARED), "declare the init of every head type in HEAD_DECLARED"
+    torch.manual_seed(0)
+    head = Head(kind, 256, 100, hidden)
+    check_module(head, {HEAD_DECLARED[kind]})
+    assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(head))
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+def test_operators_build_on_the_meta_device(name, kw):
+    """``build_uninitialized`` builds under torch.device("meta"): the init code must run there too."""
+    with torch.device("meta"):
+        op = operators.create_op(name, 16, 32, 2, **kw)
+    assert all(p.is_meta for p in op.parameters())
