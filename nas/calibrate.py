@@ -48,7 +48,7 @@ DEFAULT_REFERENCE = {"max_train": None, "epochs": 3 * ProxySettings().epochs}  #
 class Setup:
     """What a calibration measures; stored in ``calibration.yaml`` and compared on every rerun."""
 
-    space: str
+    space: str  # as given (a built-in name or a path); its contents are pinned by the hash
     space_sha256: str
     budget: int
     archs: int
@@ -520,7 +520,7 @@ def _setup_from_args(args) -> Setup:
     path = resolve_space_path(args.space)
     load_space(path)
     settings, reference = load_settings(args.settings)
-    return Setup(space=str(path.resolve()), space_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    return Setup(space=args.space, space_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                  budget=parse_budget(args.budget), archs=args.archs, seeds=args.seeds, seed=args.seed,
                  dataset=args.dataset, data_dir=args.data_dir,
                  settings={n: dataclasses.asdict(s) for n, s in settings.items()},
