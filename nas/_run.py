@@ -4,8 +4,10 @@
   seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run;
 - ``space.yaml``: a copy of the space file, which a resumed run searches even if the original changed;
 - ``study.db``: the Optuna study (SQLite) unless ``--storage`` names another database;
-- ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one);
-- ``trials.jsonl``: one JSON object per candidate, appended (and fsync'ed) as each one ends;
+- ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one), and
+  ``ray/session-K-confirm/`` that of its confirmation rung;
+- ``trials.jsonl``: one JSON object per candidate, and per confirmation training (``status: confirmed``),
+  appended (and fsync'ed) as each one ends;
 - ``search.log``: the progress lines of every session.
 """
 
@@ -21,7 +23,7 @@ import yaml
 
 __all__ = ["RunDir", "STATUSES"]
 
-STATUSES = ("completed", "stopped", "infeasible", "failed")
+STATUSES = ("completed", "stopped", "infeasible", "failed", "confirmed")
 
 
 class RunDir:
@@ -75,7 +77,8 @@ class RunDir:
         return records
 
     def next_session(self) -> str:
+        """The first ``session-K`` whose proxy and confirmation folders are both unused."""
         k = 1
-        while (self.ray / f"session-{k}").exists():
+        while (self.ray / f"session-{k}").exists() or (self.ray / f"session-{k}-confirm").exists():
             k += 1
         return f"session-{k}"

@@ -63,7 +63,7 @@ class BudgetSearcher(Searcher):
             otrial.set_user_attr("flops", flops)
             self.study.tell(otrial, [0.0, flops])
             reason = f"{flops / 1e9:.2f} GFLOPs > budget" if flops > self.budget else "; ".join(violations)
-            self.run.append_trial(self._record(otrial.number, arch, "infeasible", flops, params,
+            self.run.append_trial(trial_record(otrial.number, arch, "infeasible", flops, params,
                                                timings={"flops_s": round(timing, 3)}, error=None, note=reason))
             self.log(f"  candidate {otrial.number}: infeasible ({reason}), not trained")
         self.log(f"  {MAX_REJECTIONS} candidates in a row broke the budget: stopping; raise --budget or "
@@ -133,7 +133,8 @@ class BudgetSearcher(Searcher):
             else:
                 self.study.tell(otrial, state=(optuna.trial.TrialState.PRUNED if status == "stopped"
                                                else optuna.trial.TrialState.FAIL))
-        record = self._record(live["number"], live["arch"], status, flops, live["params"], error=error,
+        record_id = live["number"] if live["number"] is not None else f"ref-{live['reference']}"
+        record = trial_record(record_id, live["arch"], status, flops, live["params"], error=error,
                               accuracies=accs, reference=live["reference"], ray_trial_id=trial_id,
                               node=live.get("node"),
                               timings={"flops_s": round(live["flops_s"], 3),
@@ -147,28 +148,6 @@ class BudgetSearcher(Searcher):
                  f"{status}; {what}")
         return record
 
-    def _record(self, number, arch: Arch, status: str, flops: int, params: int, *, error: str | None,
-                accuracies: list[float] = (), reference: str | None = None, ray_trial_id: str | None = None,
-                timings: dict[str, float] | None = None, note: str | None = None,
-                node: str | None = None) -> dict[str, Any]:
-        return {
-            "trial_id": number if number is not None else f"ref-{reference}",
-            "status": status,
-            "flops": flops,
-            "params": params,
-            "accuracy": accuracies[-1] if accuracies else None,
-            "epochs": len(accuracies),
-            "accuracies": list(accuracies),
-            "arch": arch.to_dict(),
-            "reference": reference,
-            "error": error,
-            "note": note,
-            "ray_trial_id": ray_trial_id,
-            "node": node,
-            "timings": timings or {},
-            "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-
     # Tune saves and restores searchers with its experiment; this one keeps its state in the study and
     # trials.jsonl instead (see nas.search: a resumed run starts a new Tune session over the same study).
     def save(self, checkpoint_path: str) -> None:
@@ -176,3 +155,29 @@ class BudgetSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+def trial_record(trial_id: int | str, arch: Arch, status: str, flops: int, params: int, *, error: str | None,
+                 accuracies: list[float] = (), reference: str | None = None, ray_trial_id: str | None = None,
+                 timings: dict[str, float] | None = None, note: str | None = None, node: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """One line of ``trials.jsonl``: the shape every reader of a run expects; ``extra`` keys go at the end
+    (a confirmation's ``confirms``, ``seed`` and ``fidelity``)."""
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "flops": flops,
+        "params": params,
+        "accuracy": accuracies[-1] if accuracies else None,
+        "epochs": len(accuracies),
+        "accuracies": list(accuracies),
+        "arch": arch.to_dict(),
+        "reference": reference,
+        "error": error,
+        "note": note,
+        "ray_trial_id": ray_trial_id,
+        "node": node,
+        "timings": timings or {},
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }

@@ -52,16 +52,17 @@ class ExportCheckError(RuntimeError):
 
 
 def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) -> dict[str, Any]:
-    """The recommended trial (most accurate completed one within the budget), or the one named ``trial``
-    (a trial id, or a reference's name)."""
+    """The recommended pick (``nas.pareto.analyze``: the best mean confirmed accuracy within the budget, or
+    without confirmations the most accurate completed trial), or the one named ``trial`` (a trial id, or a
+    reference's name); a confirmed one carries ``confirmed``: its mean, sd, seeds, accuracies and fidelity."""
     completed = [r for r in records if r["status"] == "completed"]
     listing = ", ".join(str(r["trial_id"]) for r in completed[:12]) + (" ..." if len(completed) > 12 else "")
+    analysis = analyze(records, budget)
     if trial is None:
-        best = analyze(records, budget)["best"]
-        if best is None:
+        if analysis["best"] is None:
             raise ValueError("the run has no completed trial within the budget yet; wait for the search, or pass "
                              "--trial ID" + (f" (completed: {listing})" if completed else ""))
-        return best
+        return _with_confirmation(analysis["best"], analysis)
     matches = [r for r in records if str(r["trial_id"]) in (trial, f"ref-{trial}")]
     if not matches:
         raise ValueError(f"--trial {trial}: no such trial in the run; completed trials: {listing or 'none yet'}")
@@ -70,7 +71,26 @@ def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) 
         why = record.get("note") or record.get("error") or ""
         raise ValueError(f"--trial {trial} is {record['status']}{f' ({why})' if why else ''}, not completed; "
                          f"export a completed trial: {listing or 'none yet'}")
-    return record
+    return _with_confirmation(record, analysis)
+
+
+def _with_confirmation(record: dict[str, Any], analysis: dict[str, Any]) -> dict[str, Any]:
+    entry = next((e for e in analysis["confirmed"] if e["trial_id"] == record["trial_id"]), None)
+    if entry is None:
+        return record
+    return {**record, "confirmed": {k: entry[k] for k in ("mean", "sd", "seeds", "accuracies", "fidelity")}}
+
+
+def _accuracy_text(record: dict[str, Any]) -> str:
+    """'confirmed accuracy 0.8123 ± 0.0040 over 2 seeds (3072 images x 4 epochs); proxy accuracy 0.7900'."""
+    proxy = f"proxy accuracy {record['accuracy']:.4f}"
+    c = record.get("confirmed")
+    if c is None:
+        return proxy
+    fid = c["fidelity"]
+    at = f" ({fid['train_images']} images x {fid['epochs']} epochs)" if "train_images" in fid else ""
+    sd = "" if c["sd"] is None else f" ± {c['sd']:.4f}"
+    return f"confirmed accuracy {c['mean']:.4f}{sd} over {len(c['seeds'])} seed(s){at}; {proxy}"
 
 
 def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int, params: int) -> str:
@@ -89,7 +109,7 @@ def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int
         f"Stem {arch.stem.type} {arch.stem.width}, head {arch.head.type}; input {arch.in_chans}x{arch.input_size}x"
         f"{arch.input_size}, {arch.num_classes} classes.",
         f"FLOPs (multiply-adds): {record['flops'] / 1e9:.3f} G deployed, {train_flops / 1e9:.3f} G in training form.",
-        f"Parameters: {params / 1e6:.2f} M (training form). Proxy accuracy in the search: {record['accuracy']:.4f}.",
+        f"Parameters: {params / 1e6:.2f} M (training form). In the search: {_accuracy_text(record)}.",
         "",
         "Operators, from their papers:",
         *[f"- {p}" for p in papers],
@@ -332,7 +352,7 @@ def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str
 | FLOPs, deploy form | {record['flops'] / 1e9:.3f} G multiply-adds |
 | FLOPs, training form | {report['train_flops'] / 1e9:.3f} G multiply-adds |
 | parameters (training form) | {report['params'] / 1e6:.2f} M |
-| proxy accuracy in the search | {record['accuracy']:.4f} (proxy: reduced width, few epochs) |
+| accuracy in the search | {_accuracy_text(record)} (proxy: reduced width, few epochs) |
 
 ## Files
 - `model.py`: the network, standalone (torch and the standard library only).
@@ -361,8 +381,9 @@ def _parser() -> _cli.Parser:
     p = _cli.Parser(prog=PROG, description="Export a search run's recommended trial (or --trial) as a standalone, "
                     "re-parameterizable network: model.py, arch.yaml, README.md and deploy programs.")
     p.add_argument("run", help="the run folder, e.g. runs/NAME")
-    p.add_argument("--trial", default=None, help="the trial id (or reference name) to export (default: the most "
-                   "accurate completed trial within the budget)")
+    p.add_argument("--trial", default=None, help="the trial id (or reference name) to export (default: the "
+                   "recommended pick: the best mean confirmed accuracy within the budget, or without confirmations "
+                   "the most accurate completed trial)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/export)")
     p.add_argument("--weights", default=None, help="trained weights (.safetensors, keys of nas.network.build) "
                    "to put into the exported network")
@@ -379,7 +400,7 @@ def _main(argv: list[str] | None) -> int:
     if weights is not None and not weights.is_file():
         raise ValueError(f"--weights {weights}: no such file")
     _refuse_existing(out, args.force)  # before the long part starts
-    print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), accuracy {record['accuracy']:.4f}, "
+    print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), {_accuracy_text(record)}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:
         export(run.path, record, out, weights=weights, force=args.force)

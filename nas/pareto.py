@@ -2,10 +2,17 @@
 
 The front is the set of completed trials that no other completed trial beats in both objectives (proxy
 accuracy up, full-size deploy FLOPs down). Trials stopped early by ASHA (partial training), infeasible ones
-(over the budget, never trained) and failed ones never enter it. The recommended pick is the most accurate
-completed trial within the budget (the cheaper one on a tie). Hypervolume: the area the front dominates
-against the reference point (accuracy 0, FLOPs = budget), with FLOPs in units of the budget, so 1.0 would
-be 100 % accuracy at no cost.
+(over the budget, never trained), failed ones and confirmation trainings never enter it. Hypervolume: the
+area the front dominates against the reference point (accuracy 0, FLOPs = budget), with FLOPs in units of
+the budget, so 1.0 would be 100 % accuracy at no cost.
+
+The recommended pick comes from the highest rung reached. When the run has confirmations (``nas._confirm``:
+the front's top K retrained at a higher fidelity with two seeds), it is the confirmed candidate within the
+budget with the best mean confirmed accuracy (the cheaper one on a tie); otherwise the most accurate
+completed trial within the budget (the cheaper one on a tie). Another confirmed candidate is *within noise*
+of the pick when the difference of their means is at most ``noise_level``: the larger of the seeds' standard
+error of the difference and the validation set's binomial one. With two seeds the seed part rests on two
+degrees of freedom: a rough screen, not a significance test.
 
 The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a finished run, on one that is
 still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +37,8 @@ import numpy as np
 from . import _cli
 from ._run import STATUSES, RunDir
 
-__all__ = ["pareto_mask", "hypervolume", "analyze", "arch_line", "front_table", "write_outputs", "plot_front",
-           "plot_compare"]
+__all__ = ["pareto_mask", "hypervolume", "noise_level", "analyze", "arch_line", "front_table", "confirmed_lines",
+           "noise_statement", "write_outputs", "plot_front", "plot_compare"]
 
 PROG = "python -m nas.pareto"
 
@@ -74,17 +83,67 @@ def hypervolume(accuracy: np.ndarray, flops: np.ndarray, budget: float) -> float
     return volume
 
 
+def noise_level(a: list[float], b: list[float], val_images: int) -> float:
+    """The noise of the difference of two candidates' mean accuracies over seeds (``a``, ``b``): the larger of
+
+    - the seeds' standard error of the difference, ``s_p * sqrt(1/n_a + 1/n_b)``, with ``s_p`` the pooled
+      standard deviation (ddof 1): with two seeds each, ``s_p`` itself; 0 when neither has two seeds;
+    - the binomial standard error of the difference, ``sqrt((p_a (1 - p_a) + p_b (1 - p_b)) / val_images)``:
+      the validation set's own sampling noise, which more seeds do not shrink (every seed is scored on the
+      same images).
+    """
+    n_a, n_b = len(a), len(b)
+    m_a, m_b = sum(a) / n_a, sum(b) / n_b
+    dof = n_a + n_b - 2
+    squares = sum((x - m_a) ** 2 for x in a) + sum((x - m_b) ** 2 for x in b)
+    seed_se = math.sqrt(squares / dof * (1 / n_a + 1 / n_b)) if dof > 0 else 0.0
+    binomial_se = math.sqrt((m_a * (1 - m_a) + m_b * (1 - m_b)) / val_images)
+    return max(seed_se, binomial_se)
+
+
+def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """One entry per confirmed candidate within the budget, the pick first (best mean, then fewer FLOPs),
+    each with its proxy record, seeds, accuracies, mean, sd (ddof 1; None for one seed), ``recommended``
+    and ``within_noise`` (of the pick; None for the pick itself)."""
+    proxy = {r["trial_id"]: r for r in done}
+    by_candidate: dict[Any, dict[int, dict[str, Any]]] = {}
+    for r in records:  # a confirmation counts with its candidate's completed proxy record
+        if r["status"] == "confirmed" and r.get("confirms") in proxy and r["flops"] <= budget:
+            by_candidate.setdefault(r["confirms"], {})[r["seed"]] = r
+    entries = []
+    for key, by_seed in by_candidate.items():
+        seeds = sorted(by_seed)
+        accs = [by_seed[s]["accuracy"] for s in seeds]
+        fidelity = by_seed[seeds[0]].get("fidelity") or {}
+        entries.append({"trial_id": key, "reference": proxy[key].get("reference"), "record": proxy[key],
+                        "seeds": seeds, "accuracies": accs, "mean": float(np.mean(accs)),
+                        "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None, "fidelity": fidelity})
+    entries.sort(key=lambda e: (-e["mean"], e["record"]["flops"]))
+    pick = entries[0] if entries else None
+    for e in entries:
+        val_images = min(x["fidelity"].get("val_images", 1000) for x in (e, pick))  # 1000: nas.proxy.MAX_VAL
+        e["recommended"] = e is pick
+        e["within_noise"] = None if e is pick else bool(
+            abs(pick["mean"] - e["mean"]) <= noise_level(pick["accuracies"], e["accuracies"], val_images))
+    return entries
+
+
 def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
-    """The front of a run's records: counts by status, the front (cheapest first), the recommended pick and
-    the hypervolume. Only ``completed`` records are candidates."""
+    """The front of a run's records: counts by status, the front (cheapest first; ``completed`` records
+    only), the hypervolume, the confirmed candidates (``_confirmed``) and the recommended pick ``best`` (a
+    proxy record): with confirmations, the confirmed candidate with the best mean (``pick``, its entry);
+    else the most accurate completed trial within the budget (``proxy_best``)."""
     done = [r for r in records if r["status"] == "completed"]
     pts = np.array([[r["accuracy"], r["flops"]] for r in done], dtype=float).reshape(-1, 2)
     mask = pareto_mask(pts)
     front = sorted((r for r, m in zip(done, mask) if m), key=lambda r: (r["flops"], -r["accuracy"]))
     within = [r for r in done if r["flops"] <= budget]
-    best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
+    proxy_best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
+    confirmed = _confirmed(records, done, budget)
+    pick = confirmed[0] if confirmed else None
     return {"by_status": {s: sum(r["status"] == s for r in records) for s in STATUSES},
-            "completed": done, "front": front, "best": best,
+            "completed": done, "front": front, "best": pick["record"] if pick else proxy_best,
+            "proxy_best": proxy_best, "confirmed": confirmed, "pick": pick,
             "stopped": [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None],
             "hypervolume": hypervolume(pts[:, 0], pts[:, 1], budget)}
 
@@ -108,6 +167,55 @@ def front_table(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mean_sd(entry: dict[str, Any]) -> str:
+    sd = "" if entry["sd"] is None else f" ± {entry['sd']:.4f}"
+    return f"{entry['mean']:.4f}{sd or ' (1 seed)':>9s}"
+
+
+def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
+    """The confirmed candidates as text: a heading with the fidelity, one row each ('*' the pick, '~' within
+    noise of it) and ``noise_statement``; no lines when nothing was confirmed."""
+    entries = analysis["confirmed"]
+    if not entries:
+        return []
+    fid = entries[0]["fidelity"]
+    at = f"{fid['train_images']} images x {fid['epochs']} epochs" if "train_images" in fid else "a higher fidelity"
+    lines = [f"Confirmed ({at} per training; * the pick, the best mean within the budget; ~ within noise of it):",
+             f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}  architecture"]
+    for e in entries:
+        mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
+        r = e["record"]
+        lines.append(f"{mark} {trial_name(r):>18s} {_mean_sd(e):>16s} {len(e['seeds']):5d} {r['accuracy']:7.4f} "
+                     f"{r['flops'] / 1e9:7.3f}  {arch_line(r['arch'])}")
+    return lines + textwrap.wrap(noise_statement(analysis), 118, initial_indent="  ", subsequent_indent="  ")
+
+
+def _names(entries: list[dict[str, Any]]) -> str:
+    names = [trial_name(e) if e.get("reference") else f"trial {e['trial_id']}" for e in entries]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def noise_statement(analysis: dict[str, Any]) -> str | None:
+    """One sentence on how far the pick stands from the other confirmed candidates (None without any)."""
+    pick, others = analysis["pick"], analysis["confirmed"][1:]
+    if pick is None:
+        return None
+    close = [e for e in others if e["within_noise"]]
+    if close:
+        text = f"the pick cannot be told apart from {_names(close)} at this fidelity"
+    elif others:
+        text = "the pick beats every other confirmed candidate beyond noise"
+    else:
+        text = "the pick is the only confirmed candidate"
+    beaten = [e for e in others if e.get("reference") and not e["within_noise"]]
+    if pick.get("reference") and any(not e.get("reference") for e in others):
+        text += f"; the reference {pick['reference']} is the pick: the search did not beat it"
+    elif beaten:
+        text += f"; the search beat {_names(beaten)} beyond noise"
+    seeds = max(len(e["seeds"]) for e in analysis["confirmed"])
+    return text + f" (with {seeds} seed{'s' if seeds > 1 else ''} per candidate, a rough noise estimate)"
+
+
 def _front_entry(record: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
     return {"trial_id": record["trial_id"], "reference": record.get("reference"), "accuracy": record["accuracy"],
             "flops": record["flops"], "params": record["params"], "epochs": record.get("epochs"),
@@ -116,10 +224,15 @@ def _front_entry(record: dict[str, Any], best: dict[str, Any] | None) -> dict[st
 
 def as_json(run: RunDir, analysis: dict[str, Any], budget: float) -> dict[str, Any]:
     best = analysis["best"]
+    confirmed = [{"trial_id": e["trial_id"], "reference": e["reference"], "mean": e["mean"], "sd": e["sd"],
+                  "seeds": e["seeds"], "accuracies": e["accuracies"], "proxy_accuracy": e["record"]["accuracy"],
+                  "flops": e["record"]["flops"], "recommended": e["recommended"], "within_noise": e["within_noise"],
+                  "fidelity": e["fidelity"], "arch": e["record"]["arch"]} for e in analysis["confirmed"]]
     return {"run": str(run.path), "budget": budget, "hypervolume": analysis["hypervolume"],
             "trials": analysis["by_status"],
             "recommended": None if best is None else best["trial_id"],
-            "front": [_front_entry(r, best) for r in analysis["front"]]}
+            "front": [_front_entry(r, best) for r in analysis["front"]],
+            "confirmed": confirmed, "noise": noise_statement(analysis)}
 
 
 def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_path: Path | None = None) -> list[Path]:
@@ -163,8 +276,14 @@ def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path)
         xs, ys = [r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front]
         ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, zorder=3)
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=4, label=f"Pareto front ({len(front)})")
+    if analysis["confirmed"]:  # at their own, higher fidelity: not comparable point for point with the proxies
+        conf = analysis["confirmed"]
+        ax.errorbar([e["record"]["flops"] / 1e9 for e in conf], [e["mean"] for e in conf],
+                    yerr=[e["sd"] or 0.0 for e in conf], fmt="D", ms=5, color="tab:green", capsize=3, zorder=4,
+                    label=f"confirmed ({len(conf)}): mean ± sd over seeds")
     if best is not None:
-        ax.scatter([best["flops"] / 1e9], [best["accuracy"]], s=220, marker="*", color="tab:orange", zorder=5,
+        y = analysis["pick"]["mean"] if analysis["pick"] else best["accuracy"]
+        ax.scatter([best["flops"] / 1e9], [y], s=220, marker="*", color="tab:orange", zorder=5,
                    edgecolor="black", linewidth=0.6, label=f"recommended: {trial_name(best)}")
     for r in done:
         if r.get("reference"):
@@ -196,7 +315,7 @@ def _finish(fig, ax, widest_flops: float, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ax.set_xlabel("GFLOPs (full-size network, deploy form, multiply-adds)")
-    ax.set_ylabel("proxy validation accuracy")
+    ax.set_ylabel("validation accuracy (proxy; confirmed: mean over seeds)")
     ax.set_xlim(0, widest_flops / 1e9 * 1.12)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -262,13 +381,16 @@ def _parser() -> _cli.Parser:
 def _print_run(run: RunDir, analysis: dict[str, Any], budget: float) -> None:
     s = analysis["by_status"]
     print(f"{run.path}: budget {budget / 1e9:g} GFLOPs; {s['completed']} completed, {s['stopped']} stopped early, "
-          f"{s['infeasible']} rejected for the budget, {s['failed']} failed")
+          f"{s['infeasible']} rejected for the budget, {s['failed']} failed"
+          + (f", {s['confirmed']} confirmation trainings" if s["confirmed"] else ""))
     if not analysis["front"]:
         print("no completed trial yet: the front is empty")
     else:
-        print("Pareto front (accuracy up, FLOPs down; * the recommended pick, the best within the budget):")
+        print("Pareto front (proxy accuracy up, FLOPs down; * the recommended pick):")
         print("\n".join(front_table(analysis)))
         print(f"  hypervolume {analysis['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
+    if analysis["confirmed"]:
+        print("\n".join(confirmed_lines(analysis)))
 
 
 def _main(argv: list[str] | None) -> int:

@@ -32,6 +32,7 @@ from .arch import STEM_TYPES, Arch
 __all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "resize_data", "WARMUP_EPOCHS"]
 
 WARMUP_EPOCHS = 1  # nas.train warms the learning rate up over the first epoch: no early stop may judge there
+MAX_VAL = 1000  # validation images a proxy is scored on (a fixed part of the held-out split)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def build_proxy(arch: Arch, data, settings: ProxySettings, seed: int):
 
 
 def train_arch(arch: Arch, data, settings: ProxySettings = ProxySettings(), *, seed: int = 0,
-               threads: int | None = None, device: str = "auto", max_val: int | None = 1000,
+               threads: int | None = None, device: str = "auto", max_val: int | None = MAX_VAL,
                report: Callable[[int, float, float], None] | None = None):
     """Train the proxy of ``arch`` on ``data`` under ``settings`` from ``seed``; returns ``nas.train``'s
     ``TrainResult``. ``data`` must already be at ``settings.image_size`` (``resize_data``) when it is set:

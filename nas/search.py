@@ -4,11 +4,15 @@ Optuna's multi-objective samplers (TPE by default, NSGA-II, random) propose arch
 searcher (``nas._searcher``); each one's full-size FLOPs are counted before any training and a candidate over
 the budget is recorded ``infeasible`` and never trained. Feasible candidates train as proxies (``nas.train``)
 in Ray Tune trials, cut short by ASHA when they trail; the run directory (``nas._run``) keeps everything.
+Then the confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher fidelity
+with two seeds each, and the recommended pick is the best mean confirmed accuracy (``nas.pareto.analyze``).
+With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation and the proxy phase gets the rest.
 
 Resuming: the Optuna study (SQLite) and ``trials.jsonl`` are the run's memory. ``--resume`` reads them, marks
 trials that were cut off mid-training as failed in the study, reseeds the sampler past the trials it has
 seen (a recreated seeded sampler would otherwise repeat its first proposals), and starts a new Ray Tune
-session under ``ray/session-K``: no finished trial is lost or trained again, also after a SIGKILL.
+session under ``ray/session-K``: no finished trial is lost or trained again, also after a SIGKILL. It then
+runs the confirmations that have no record yet (``ray/session-K-confirm``), also when the proxy phase is done.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _cli
+from ._confirm import CONFIRM_SHARE, SEEDS, confirm_settings
 from ._run import RunDir
 from .arch import Arch
 from .flops import format_flops, parse_budget
@@ -54,16 +59,23 @@ class SearchConfig:
     scale_windows: bool = True
     early_stop: bool = True
     seed_references: bool = False
+    confirm: int = 3  # candidates the confirmation rung retrains; 0: none
+    confirm_max_train: int | None = None  # images per epoch of a confirmation; set when the run starts
 
     # what --resume may not change
     FIXED = ("budget", "space", "dataset", "data_dir", "sampler", "seed", "epochs", "width_mult", "max_train",
-             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop")
+             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop", "confirm_max_train")
 
     @property
     def proxy(self) -> ProxySettings:
         return ProxySettings(max_train=self.max_train, epochs=self.epochs, width_mult=self.width_mult,
                              image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
                              grace_period=min(self.grace_period, self.epochs), scale_windows=self.scale_windows)
+
+    @property
+    def confirmation(self) -> ProxySettings:
+        """The confirmation rung's training (``nas._confirm.confirm_settings``)."""
+        return confirm_settings(self.proxy, self.confirm_max_train)
 
 
 def _parse_duration(text: str) -> float:
@@ -102,8 +114,11 @@ def _parser() -> _cli.Parser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: 0)")
     p.add_argument("--time-budget", default=None, help="stop after this long, e.g. 30m (default: 14m for the "
                    "default settings, else none)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"retrain the front's top K at a higher fidelity with {SEEDS} seeds each after the search; the "
+                   f"pick is the best mean confirmed accuracy; 0: no confirmation (default: {d.confirm})")
     p.add_argument("--seed-references", action="store_true",
-                   help="train the reference architectures that fit the budget first")
+                   help="train the reference architectures that fit the budget first (and confirm them)")
     p.add_argument("--no-early-stop", action="store_true", help="train every candidate for all epochs (no ASHA)")
     p.add_argument("--width-mult", type=float, default=None, help=f"proxy width multiplier (default: {d.width_mult})")
     p.add_argument("--max-train", type=int, default=None,
@@ -120,7 +135,7 @@ def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
         "budget": parse_budget(args.budget), "space": args.space, "trials": args.trials, "epochs": args.epochs,
         "dataset": args.dataset, "data_dir": args.data_dir, "sampler": args.sampler, "seed": args.seed,
         "width_mult": args.width_mult, "max_train": args.max_train, "image_size": args.image_size,
-        "grace_period": args.grace_period,
+        "grace_period": args.grace_period, "confirm": args.confirm,
         "early_stop": False if args.no_early_stop else None,
         "seed_references": True if args.seed_references else None,
     }
@@ -130,10 +145,12 @@ def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
             if key in given and given[key] != previous.get(key):
                 raise ValueError(f"--resume: {key} was {previous.get(key)!r} in this run, not {given[key]!r}; "
                                  f"drop the flag to continue with the run's own value")
-        merged = {k: previous[k] for k in SearchConfig.FIXED + ("trials", "seed_references") if k in previous}
-        merged.update({k: v for k, v in given.items() if k in ("trials",)})
+        merged = {k: previous[k] for k in SearchConfig.FIXED + ("trials", "seed_references", "confirm")
+                  if k in previous}
+        merged.update({k: v for k, v in given.items() if k in ("trials", "confirm")})
         return SearchConfig(**merged)
-    return SearchConfig(**given)
+    config = SearchConfig(**given)
+    return dataclasses.replace(config, confirm_max_train=config.confirmation.max_train)  # fixed from now on
 
 
 def _validate(config: SearchConfig, args) -> None:
@@ -146,6 +163,8 @@ def _validate(config: SearchConfig, args) -> None:
     for flag, value in (("--trials", config.trials), ("--epochs", config.epochs), ("--max-train", config.max_train)):
         if value < 1:
             raise ValueError(f"{flag} {value} must be at least 1")
+    if config.confirm < 0:
+        raise ValueError(f"--confirm {config.confirm} must be 0 (no confirmation) or more")
     if not 0 < config.width_mult <= 4:
         raise ValueError(f"--width-mult {config.width_mult} must be in (0, 4]")
     config.proxy  # noqa: B018 -- the proxy settings' own checks (grace period, image size, ...)
@@ -194,8 +213,9 @@ def _measure(arch: Arch) -> tuple[int, int]:
 
 
 def _trainable(config: dict[str, Any], data=None, proxy: ProxySettings = ProxySettings(), seed: int = 0) -> None:
-    """One Ray Tune trial: train the candidate's proxy from the run's seed, reporting accuracy after each epoch.
-    Its result depends on (architecture, seed, proxy settings) and the trial's thread count only."""
+    """One Ray Tune trial: train the candidate's proxy from ``seed`` under ``proxy`` (the search's settings, or the
+    confirmation's), reporting accuracy after each epoch. Its result depends on (architecture, seed, settings)
+    and the trial's thread count only."""
     import ray
     from ray import tune
 
@@ -271,7 +291,6 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     """Run (or continue) a search into ``run``; returns the summary that ``main`` prints. ``data`` is the
     loaded dataset when the caller has it already."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -290,7 +309,8 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     storage = storage or f"sqlite:///{run.study.resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     records = run.read_trials()
-    trained = [r for r in records if r["status"] in ("completed", "stopped", "failed") and not r.get("interrupted")]
+    trained = [r for r in records if r["status"] in ("completed", "stopped", "failed") and not r.get("interrupted")
+               and "confirms" not in r]  # a failed confirmation is no candidate
     study = optuna.create_study(study_name="opmix", storage=storage, directions=["maximize", "minimize"],
                                 load_if_exists=resume,
                                 sampler=_make_sampler(config.sampler, config.seed, config.trials))
@@ -309,21 +329,21 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
                 references.append((name, arch))
         log(f"  references within the budget, trained first: {', '.join(n for n, _ in references) or 'none'}")
     remaining = config.trials - len([r for r in trained if not r.get("reference")])
+    session, resources = run.next_session(), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    proxy_budget = None if time_budget_s is None else time_budget_s * (1 - CONFIRM_SHARE if config.confirm else 1)
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
         from ._searcher import BudgetSearcher
 
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count()}))
+        _start_ray(address)
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=_measure, references=references, seen=seen, log=log)
         proxy = config.proxy
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=resize_data(data, proxy.image_size), proxy=proxy,
                                  seed=config.seed),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            resources)
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
                                    reduction_factor=2)
                      if config.early_stop and proxy.grace_period < config.epochs else None)
@@ -332,14 +352,16 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="accuracy", mode="max",
                                         num_samples=remaining + len(references), max_concurrent_trials=slots,
-                                        time_budget_s=time_budget_s),
-            run_config=tune.RunConfig(name=run.next_session(), storage_path=str(run.ray.resolve()), verbose=0,
+                                        time_budget_s=proxy_budget),
+            run_config=tune.RunConfig(name=session, storage_path=str(run.ray.resolve()), verbose=0,
                                       callbacks=[_progress_callback(searcher, config.epochs, log)],
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
         log(f"  training {remaining} candidates ({slots} at a time, {cpus_per_trial:g} CPU"
             f"{f', {gpus_per_trial:g} GPU' if gpus_per_trial else ''} each), {config.epochs} epochs, "
-            f"ASHA {'on' if config.early_stop else 'off'}")
+            f"ASHA {'on' if config.early_stop else 'off'}"
+            + (f"; {proxy_budget / 60:.1f} min at most, the rest of the time budget kept for confirmation"
+               if proxy_budget and config.confirm else ""))
         try:
             tuner.fit()
         finally:
@@ -348,7 +370,47 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
                 error = None if trial is None else (
                     _error_text(trial) or f"the trial failed; its error is under {run.ray}")
                 searcher.finish(trial_id, error=error)
+    if config.confirm:
+        deadline = None if time_budget_s is None else started + time_budget_s
+        _confirm_phase(config, run=run, data=data, session=f"{session}-confirm", address=address,
+                       resources=resources, deadline=deadline, log=log)
     return summarize(run, config, started)
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=True, **({} if address else {"num_cpus": os.cpu_count()}))
+
+
+def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
+                   resources: dict[str, float], deadline: float | None, log) -> None:
+    """The confirmation rung (``nas._confirm``): the jobs without a record, until ``deadline``."""
+    from ._confirm import confirm, confirm_jobs
+
+    jobs = confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
+                        seed=config.seed)
+    left = None if deadline is None else deadline - time.time()
+    resume = f"continue with --resume --name {run.path.name}"
+    if not jobs:
+        log("  confirmation: nothing left to confirm")
+        return
+    if left is not None and left < 10:
+        log(f"  no time left for the {len(jobs)} confirmation training(s); {resume}")
+        return
+    _start_ray(address)
+    settings, slots = config.confirmation, _slots(resources["cpu"], resources["gpu"])
+    log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
+        f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and {config.seed + 1}, "
+        f"{slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
+    done = confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=slots,
+                   time_budget_s=left, log=log)
+    if done < len(jobs):
+        timed_out = deadline is not None and time.time() >= deadline - 1
+        log(f"  {len(jobs) - done} of {len(jobs)} confirmation training(s) did not finish"
+            f"{' within the time budget' if timed_out else ''}; {resume}")
 
 
 def _slots(cpus: float, gpus: float) -> int:
@@ -382,19 +444,27 @@ def summarize(run: RunDir, config: SearchConfig, started: float | None = None) -
 
 
 def _print_summary(summary: dict[str, Any], budget: int) -> None:
-    from .pareto import front_table, trial_name
+    from .pareto import confirmed_lines, front_table, trial_name
 
     s = summary["by_status"]
     print(f"\ntrials: {s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed, "
-          f"{s['infeasible']} rejected for the budget ({format_flops(budget)}FLOPs)")
+          f"{s['infeasible']} rejected for the budget ({format_flops(budget)}FLOPs); "
+          f"{s['confirmed']} confirmation trainings")
     for r in summary["failures"]:
         print(f"  failed: trial {r['trial_id']}: {r['error']}")
     if summary["front"]:
-        print("Pareto front (accuracy up, FLOPs down):")
+        print("Pareto front (proxy accuracy up, FLOPs down):")
         print("\n".join(front_table(summary)))
         print(f"  hypervolume {summary['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
-    if summary["best"]:
-        b = summary["best"]
+    if summary["confirmed"]:
+        print("\n".join(confirmed_lines(summary)))
+    b, pick = summary["best"], summary["pick"]
+    if pick:
+        sd = "" if pick["sd"] is None else f" ± {pick['sd']:.4f}"
+        print(f"recommended pick (*): trial {trial_name(b)}, confirmed accuracy {pick['mean']:.4f}{sd} over "
+              f"{len(pick['seeds'])} seed(s) (proxy {b['accuracy']:.4f}), {b['flops'] / 1e9:.2f} GFLOPs, "
+              f"{b['params'] / 1e6:.2f} M params")
+    elif b:
         print(f"best within the budget (*): trial {trial_name(b)}, accuracy {b['accuracy']:.4f}, "
               f"{b['flops'] / 1e9:.2f} GFLOPs, {b['params'] / 1e6:.2f} M params")
     if summary["seconds"] is not None:

@@ -97,6 +97,27 @@ def test_export_picks_the_recommended_trial_and_writes_everything(exported):
     assert not list(exported.parent.glob(".export.tmp-*"))  # the temporary folder is gone
 
 
+def test_pick_trial_takes_the_best_mean_confirmed_accuracy():
+    """With confirmations the pick is the best mean confirmed accuracy, not the best proxy accuracy."""
+    from nas.export import _accuracy_text, pick_trial
+
+    def confirmation(orig, seed, accuracy, arch):
+        fidelity = {"max_train": 256, "epochs": 2, "train_images": 256, "val_images": 1000}
+        return {**_record(f"{orig}-c{seed}", "confirmed", arch, accuracy), "confirms": orig, "seed": seed,
+                "fidelity": fidelity}
+
+    proxy = [_record(0, "completed", OTHER, 0.80), _record(1, "completed", ARCH, 0.70)]
+    assert pick_trial(proxy, BUDGET, None)["trial_id"] == 0 and "confirmed" not in pick_trial(proxy, BUDGET, None)
+    recs = proxy + [confirmation(0, 0, 0.60, OTHER), confirmation(0, 1, 0.62, OTHER),
+                    confirmation(1, 0, 0.75, ARCH), confirmation(1, 1, 0.77, ARCH)]
+    picked = pick_trial(recs, BUDGET, None)
+    assert picked["trial_id"] == 1 and picked["accuracy"] == 0.70  # the proxy record, with its confirmation
+    assert picked["confirmed"]["mean"] == pytest.approx(0.76) and picked["confirmed"]["seeds"] == [0, 1]
+    assert _accuracy_text(picked).startswith(f"confirmed accuracy 0.7600 ± {0.01 * 2 ** 0.5:.4f} over 2 seed(s) "
+                                             f"(256 images x 2 epochs); proxy accuracy 0.7000")
+    assert pick_trial(recs, BUDGET, "0")["confirmed"]["mean"] == pytest.approx(0.61)
+
+
 def test_model_py_imports_only_torch_and_the_standard_library(exported):
     tree = ast.parse((exported / "model.py").read_text())
     modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)

@@ -100,7 +100,7 @@ def test_analyze_keeps_stopped_infeasible_failed_off_the_front():
     a = analyze(RECORDS, 4e9)
     assert [r["trial_id"] for r in a["front"]] == [0, 1, 7, 6]
     assert a["best"]["trial_id"] == 1  # 0.80 at 2 G; 7 ties it exactly and comes later
-    assert a["by_status"] == {"completed": 6, "stopped": 1, "infeasible": 1, "failed": 1}
+    assert a["by_status"] == {"completed": 6, "stopped": 1, "infeasible": 1, "failed": 1, "confirmed": 0}
     assert a["hypervolume"] == pytest.approx(0.70 * 0.75 + 0.10 * 0.5)
 
 
@@ -210,3 +210,115 @@ def test_cli_several_runs_one_bad_writes_nothing(tmp_path):
     result = pareto_cli(a.path, tmp_path / "missing")
     assert result.returncode == 2 and "no such run folder" in result.stderr
     assert not (a.path / "pareto.json").exists()
+
+
+# ---------------------------------------------------------------------------------------- the confirmation rung
+def confirmation(orig, seed, accuracy, flops, reference=None, val_images=1000):
+    """A confirmation record as nas._confirm writes it (the fields analyze reads)."""
+    return {**record(f"{orig}-c{seed}", "confirmed", accuracy, flops, reference=reference), "confirms": orig,
+            "seed": seed, "fidelity": {"max_train": 3072, "epochs": 2, "train_images": 3072,
+                                       "val_images": val_images}}
+
+
+def pooled_se(a, b):
+    """Seeds' standard error of the difference of two means: s_p * sqrt(1/n_a + 1/n_b), ddof 1."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    s2 = (sum((x - ma) ** 2 for x in a) + sum((x - mb) ** 2 for x in b)) / (len(a) + len(b) - 2)
+    return math.sqrt(s2 * (1 / len(a) + 1 / len(b)))
+
+
+def test_noise_level_is_the_larger_of_the_seed_and_the_binomial_standard_errors():
+    from nas.pareto import noise_level
+
+    a, b = [0.80, 0.82], [0.70, 0.74]
+    seed = math.sqrt(((0.01 ** 2 * 2) + (0.02 ** 2 * 2)) / 2 * (1 / 2 + 1 / 2))  # 0.02236
+    binom = math.sqrt((0.81 * 0.19 + 0.72 * 0.28) / 1000)  # 0.01885
+    assert seed == pytest.approx(pooled_se(a, b)) and seed > binom
+    assert noise_level(a, b, 1000) == pytest.approx(seed)
+    assert noise_level(a, b, 100) == pytest.approx(math.sqrt((0.81 * 0.19 + 0.72 * 0.28) / 100))  # binomial wins
+    # one seed each: no seed estimate, the binomial part alone
+    assert noise_level([0.8], [0.7], 1000) == pytest.approx(math.sqrt((0.8 * 0.2 + 0.7 * 0.3) / 1000))
+    # two seeds against one: one degree of freedom, from the first candidate only
+    assert noise_level([0.80, 0.84], [0.7], 10**9) == pytest.approx(math.sqrt(0.02 ** 2 * 2 * (1 / 2 + 1)))
+
+
+CONFIRMED = [
+    record(0, "completed", 0.80, 1.0e9),  # the proxy's best ...
+    record(1, "completed", 0.78, 2.0e9),
+    record(2, "completed", 0.76, 1.5e9),  # dominated by 0 on the proxy front
+    record(6, "completed", 0.70, 5.0e9),  # over the 4 G budget
+    record("ref-resnet50", "completed", 0.70, 3.0e9, reference="resnet50"),
+    confirmation(0, 0, 0.70, 1.0e9), confirmation(0, 1, 0.72, 1.0e9),  # ... confirms at a mean of 0.71
+    confirmation(1, 0, 0.80, 2.0e9), confirmation(1, 1, 0.82, 2.0e9),  # mean 0.81: the pick
+    confirmation(2, 0, 0.79, 1.5e9), confirmation(2, 1, 0.80, 1.5e9),  # mean 0.795: within noise of 1
+    confirmation(6, 0, 0.99, 5.0e9), confirmation(6, 1, 0.99, 5.0e9),  # over the budget: never the pick
+    confirmation("ref-resnet50", 0, 0.60, 3.0e9, "resnet50"), confirmation("ref-resnet50", 1, 0.64, 3.0e9, "resnet50"),
+]
+
+
+def test_the_pick_is_the_best_mean_confirmed_accuracy_within_the_budget():
+    a = analyze(CONFIRMED, 4e9)
+    assert a["proxy_best"]["trial_id"] == 0
+    assert a["best"]["trial_id"] == 1 and a["best"]["status"] == "completed"  # the candidate's proxy record
+    assert a["pick"]["mean"] == pytest.approx(0.81) and a["pick"]["sd"] == pytest.approx(0.01 * math.sqrt(2))
+    assert a["pick"]["seeds"] == [0, 1] and a["pick"]["accuracies"] == [0.80, 0.82]
+    assert [e["trial_id"] for e in a["confirmed"]] == [1, 2, 0, "ref-resnet50"]  # 6 is over the budget
+    assert [e["recommended"] for e in a["confirmed"]] == [True, False, False, False]
+    # confirmations stay off the proxy front, and are counted on their own
+    assert [r["trial_id"] for r in a["front"]] == [0]  # 6-c0 (0.99 at 5 G) would be on it
+    assert a["by_status"]["confirmed"] == 10 and a["by_status"]["completed"] == 5
+
+
+def test_within_noise_of_the_pick():
+    a = analyze(CONFIRMED, 4e9)
+    noise = {e["trial_id"]: e["within_noise"] for e in a["confirmed"]}
+    # 2: 0.81 - 0.795 = 0.015 < max(seed SE 0.0112, binomial SE sqrt((.81 .19 + .795 .205) / 1000) = 0.0179)
+    assert 0.015 < math.sqrt((0.81 * 0.19 + 0.795 * 0.205) / 1000) and noise[2] is True
+    # 0: 0.81 - 0.71 = 0.10, far beyond either; the reference likewise
+    assert 0.10 > max(pooled_se([0.80, 0.82], [0.70, 0.72]), math.sqrt((0.81 * 0.19 + 0.71 * 0.29) / 1000))
+    assert noise[0] is False and noise["ref-resnet50"] is False and noise[1] is None
+    # a larger validation set shrinks the binomial part below 0.015: then 2 is beyond noise too
+    big = [dict(r, fidelity={**r["fidelity"], "val_images": 10**6}) if r["status"] == "confirmed" else r
+           for r in CONFIRMED]
+    assert 0.015 > pooled_se([0.80, 0.82], [0.79, 0.80])
+    assert {e["trial_id"]: e["within_noise"] for e in analyze(big, 4e9)["confirmed"]}[2] is False
+
+
+def test_confirmed_ties_go_to_fewer_flops_and_one_seed_counts():
+    recs = [record(0, "completed", 0.7, 3e9), record(1, "completed", 0.7, 2e9),
+            confirmation(0, 0, 0.8, 3e9), confirmation(1, 0, 0.8, 2e9)]  # the other seeds were cut off
+    a = analyze(recs, 4e9)
+    assert a["best"]["trial_id"] == 1 and a["pick"]["sd"] is None
+    assert a["confirmed"][1]["within_noise"] is True  # equal means are within noise
+
+
+def test_noise_statement_names_the_close_ones_and_the_beaten_references():
+    from nas.pareto import noise_statement
+
+    text = noise_statement(analyze(CONFIRMED, 4e9))
+    assert text.startswith("the pick cannot be told apart from trial 2 at this fidelity")
+    assert "the search beat ref resnet50 beyond noise" in text and "2 seeds" in text
+    far = [r for r in CONFIRMED if r.get("confirms") != 2]
+    assert noise_statement(analyze(far, 4e9)).startswith("the pick beats every other confirmed candidate beyond noise")
+    assert noise_statement(analyze(RECORDS, 4e9)) is None
+
+
+def test_cli_shows_confirmed_means_and_marks(tmp_path):
+    run = make_run(tmp_path / "run", CONFIRMED)
+    result = pareto_cli(run.path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1 if line[0] in "*~" else 0]: line for line in result.stdout.splitlines()
+            if "±" in line and "convnext" in line}
+    assert rows["1"].startswith("*") and "0.8100 ± 0.0141" in rows["1"]
+    assert rows["2"].startswith("~") and "0.7950 ± 0.0071" in rows["2"]
+    assert rows["0"].startswith(" ") and "0.7100 ± 0.0141" in rows["0"]
+    assert "3072 images x 2 epochs" in result.stdout
+    assert "the pick cannot be told apart from trial 2 at this fidelity" in result.stdout
+    assert "10 confirmation trainings" in result.stdout
+    saved = json.loads((run.path / "pareto.json").read_text())
+    assert saved["recommended"] == 1 and saved["noise"].startswith("the pick cannot be told apart")
+    entries = {e["trial_id"]: e for e in saved["confirmed"]}
+    assert entries[1]["mean"] == pytest.approx(0.81) and entries[1]["sd"] == pytest.approx(0.01 * math.sqrt(2))
+    assert entries[1]["seeds"] == [0, 1] and entries[1]["recommended"] and entries[1]["within_noise"] is None
+    assert entries[2]["within_noise"] is True and entries["ref-resnet50"]["within_noise"] is False
+    assert [e["trial_id"] for e in saved["front"]] == [0]  # the proxy front, without confirmations

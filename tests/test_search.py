@@ -1,4 +1,4 @@
-"""python -m nas.search: bad input, a tiny real search, resume, failures."""
+"""python -m nas.search: bad input, a tiny real search, resume, failures, the confirmation rung."""
 
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def workdir(tmp_path_factory):
     return root
 
 
-def small_args(workdir, *extra):
+def small_args(workdir, *extra, confirm: int | None = 0):
+    """A tiny search's flags; ``confirm=None`` leaves --confirm out (a resume keeps the run's own)."""
     return ["--budget", "80M", "--space", str(workdir / "mini.yaml"), "--epochs", "2", "--max-train", "128",
-            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra]
+            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra,
+            *([] if confirm is None else ["--confirm", str(confirm)])]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -52,6 +54,7 @@ def small_args(workdir, *extra):
     (["--budget", "1G", "--resume", "--name", "nope"], "no run 'nope'"),
     (["--budget", "1G", "--time-budget", "soon"], "--time-budget"),
     (["--budget", "1G", "--name", "../escape"], "--name"),
+    (["--budget", "1G", "--confirm", "-1"], "--confirm -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     result = run_search(*args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
@@ -101,6 +104,7 @@ def test_tiny_search_records_every_candidate(finished_run):
     assert config["budget"] == 80_000_000 and config["trials"] == 3
     assert "python -m nas.pareto" in result.stdout and "python -m nas.export" in result.stdout
     assert "rejected for the budget" in result.stdout
+    assert "0 confirmation trainings" in result.stdout and not list((run / "ray").glob("*-confirm"))  # --confirm 0
 
 
 def test_study_agrees_with_the_records(finished_run):
@@ -118,7 +122,8 @@ def test_study_agrees_with_the_records(finished_run):
 
 
 def _retrain_in_process(workdir: Path, run: Path, recs: list[dict]) -> dict:
-    """Each record's arch trained again here, from the run's own seed and settings, one thread as in a trial."""
+    """Each record's arch trained again here, from its own seed and settings (the run's proxy, or for a
+    confirmation the run's confirmation settings and its seed), one thread as in a trial."""
     import torch
 
     from nas.arch import Arch
@@ -127,12 +132,14 @@ def _retrain_in_process(workdir: Path, run: Path, recs: list[dict]) -> dict:
     from nas.proxy import train_arch
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    proxy = SearchConfig(**{k: v for k, v in config.items() if k != "storage"}).proxy
+    search_config = SearchConfig(**{k: v for k, v in config.items() if k != "storage"})
+    settings = {False: search_config.proxy, True: search_config.confirmation}
     data = load_dataset("fashion-mnist", workdir / "data", seed=config["seed"])
     threads = torch.get_num_threads()
     try:
-        return {r["trial_id"]: train_arch(Arch.from_dict(r["arch"]), data, proxy, seed=config["seed"],
-                                          threads=1).accuracies[:r["epochs"]] for r in recs}
+        return {r["trial_id"]: train_arch(Arch.from_dict(r["arch"]), data, settings["confirms" in r],
+                                          seed=r.get("seed", config["seed"]), threads=1).accuracies[:r["epochs"]]
+                for r in recs}
     finally:
         torch.set_num_threads(threads)
 
@@ -191,7 +198,7 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path,
         - {output_stride: 4, ops: [boom, convnext], width: [16], depth: [1, 2]}
         """)
     config = SearchConfig(budget=10**9, space=str(space), trials=4, epochs=1, data_dir=str(workdir / "data"),
-                          max_train=64, sampler="random", seed=3)
+                          max_train=64, sampler="random", seed=3, confirm=0)
     run = RunDir(tmp_path / "run")
     run.write_config({})
     try:
@@ -270,17 +277,27 @@ def test_resume_after_the_driver_is_killed(workdir):
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
-def test_seed_references_trains_those_within_the_budget_first(tmp_path, workdir):
+def test_seed_references_trains_those_within_the_budget_first_and_confirms_them(tmp_path, workdir):
     result = run_search("--budget", "4.2GFLOPs", "--space", str(workdir / "mini.yaml"), "--epochs", "1",
                         "--max-train", "64", "--data-dir", str(workdir / "data"), "--runs-dir", str(tmp_path),
-                        "--trials", "1", "--name", "refs", "--seed-references", "--no-early-stop", cwd=workdir)
+                        "--trials", "1", "--name", "refs", "--seed-references", "--no-early-stop", "--confirm", "1",
+                        cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     recs = records(tmp_path / "refs")
-    refs = [r["reference"] for r in recs if r["reference"]]
+    proxies = [r for r in recs if r["status"] != "confirmed"]
+    refs = [r["reference"] for r in proxies if r["reference"]]
     # stored counts: resnet50 4.09 G, coatnet_0 4.15 G and acmix_resnet50 3.50 G fit 4.2 G; the others do not
     assert sorted(refs) == ["acmix_resnet50", "coatnet_0", "resnet50"]
-    trained = [r for r in recs if r["status"] != "infeasible"]
+    trained = [r for r in proxies if r["status"] != "infeasible"]
     assert trained[0]["reference"] is not None and sum(r["reference"] is None for r in trained) == 1
+    # every reference that completed is confirmed under the same training as the top of the front, 2 seeds each
+    confirmed = [r for r in recs if r["status"] == "confirmed"]
+    completed_refs = {r["trial_id"] for r in proxies if r["reference"] and r["status"] == "completed"}
+    assert completed_refs and completed_refs <= {r["confirms"] for r in confirmed}
+    assert len({json.dumps(r["fidelity"], sort_keys=True) for r in confirmed}) == 1
+    assert sorted(r["seed"] for r in confirmed) == sorted([0, 1] * (len(confirmed) // 2))
+    if any(r["reference"] for r in confirmed):
+        assert "ref " in result.stdout.split("Confirmed (")[1]
 
 
 def test_pareto_of_a_real_run_agrees_with_optuna(finished_run):
@@ -319,3 +336,113 @@ def test_export_of_a_real_run(finished_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert load_arch(tmp_path / "export" / "arch.yaml") == Arch.from_dict(best["arch"])
     assert f"{best['flops'] / 1e9:.3f} G" in (tmp_path / "export" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ the confirmation rung
+@pytest.fixture(scope="module")
+def confirmed_run(workdir):
+    # TPE's proposals after its start-up depend on which trial ends first, so the front varies a little from
+    # run to run; the tests derive the candidates from the records (two or three on the front, as seen here)
+    result = run_search(*small_args(workdir, "--trials", "4", "--name", "confirmed", "--no-early-stop", confirm=2),
+                        cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir / "runs" / "confirmed", result
+
+
+def _means(recs: list[dict]) -> dict:
+    by = {}
+    for r in recs:
+        if r["status"] == "confirmed":
+            by.setdefault(r["confirms"], []).append(r["accuracy"])
+    return {k: sum(v) / len(v) for k, v in by.items()}
+
+
+def test_confirm_retrains_the_top_of_the_front_with_two_seeds(confirmed_run, workdir):
+    from nas.data import load_dataset
+    from nas.pareto import analyze
+
+    run, result = confirmed_run
+    recs = records(run)
+    proxies = [r for r in recs if r["status"] != "confirmed"]
+    front = analyze(proxies, 80e6)["front"]
+    top = [r["trial_id"] for r in sorted(front, key=lambda r: (-r["accuracy"], r["flops"]))[:2]]
+    assert len(top) == min(2, len(front)) >= 1
+    confirmed = [r for r in recs if r["status"] == "confirmed"]
+    assert sorted((r["confirms"], r["seed"]) for r in confirmed) == sorted((t, s) for t in top for s in (0, 1))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["confirm"] == 2 and config["confirm_max_train"] == 256  # 2 x --max-train 128
+    by_id = {r["trial_id"]: r for r in proxies}
+    val_images = min(1000, len(load_dataset("fashion-mnist", workdir / "data", seed=0).val_x))
+    for r in confirmed:
+        assert REQUIRED <= set(r) and r["trial_id"] == f"{r['confirms']}-c{r['seed']}"
+        assert r["arch"] == by_id[r["confirms"]]["arch"] and r["flops"] == by_id[r["confirms"]]["flops"]
+        assert r["fidelity"]["max_train"] == 256 and r["fidelity"]["epochs"] == 2
+        assert r["fidelity"]["train_images"] == 256 and r["fidelity"]["val_images"] == val_images
+        assert r["epochs"] == 2 and r["accuracy"] == r["accuracies"][-1] and r["error"] is None
+    assert (run / "ray" / "session-1-confirm").is_dir()
+    assert "Confirmed (256 images x 2 epochs" in result.stdout and "recommended pick (*)" in result.stdout
+
+
+def test_confirmed_pick_is_the_best_mean(confirmed_run):
+    from nas.pareto import analyze
+
+    run, result = confirmed_run
+    recs = records(run)
+    means = _means(recs)
+    flops = {r["trial_id"]: r["flops"] for r in recs}
+    want = min(means, key=lambda k: (-means[k], flops[k]))
+    a = analyze(recs, 80e6)
+    assert a["best"]["trial_id"] == want and a["pick"]["mean"] == pytest.approx(means[want])
+    assert f"recommended pick (*): trial {want}, confirmed accuracy {means[want]:.4f}" in result.stdout
+
+
+def test_a_confirmation_is_the_same_training_in_process(confirmed_run, workdir):
+    run, _ = confirmed_run
+    one = [r for r in records(run) if r["status"] == "confirmed"][-1:]
+    assert _retrain_in_process(workdir, run, one) == {one[0]["trial_id"]: one[0]["accuracies"]}
+
+
+def test_pareto_and_export_of_a_confirmed_run(confirmed_run, tmp_path):
+    run, _ = confirmed_run
+    means = _means(records(run))
+    result = subprocess.run([sys.executable, "-m", "nas.pareto", str(run)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.split("Confirmed (")[1].splitlines()
+            if "±" in line and "mean ± sd" not in line]
+    assert len(rows) == len(means) and sum(row.startswith("*") for row in rows) == 1
+    assert all(row[0] in "*~ " for row in rows)
+    assert "the pick " in result.stdout and "rough noise estimate" in result.stdout
+    data = json.loads((run / "pareto.json").read_text())
+    assert {e["trial_id"]: e["mean"] for e in data["confirmed"]} == pytest.approx(means)
+    pick = next(e for e in data["confirmed"] if e["recommended"])
+    assert data["recommended"] == pick["trial_id"] and pick["seeds"] == [0, 1]
+    result = subprocess.run([sys.executable, "-m", "nas.export", str(run), "--out", str(tmp_path / "export")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    from nas.arch import Arch, load_arch
+
+    assert load_arch(tmp_path / "export" / "arch.yaml") == Arch.from_dict(pick["arch"])
+    readme = (tmp_path / "export" / "README.md").read_text()
+    assert f"confirmed accuracy {pick['mean']:.4f} ± {pick['sd']:.4f} over 2 seed(s)" in readme
+
+
+def test_resume_reruns_only_a_confirmation_cut_off(confirmed_run, workdir):
+    """A confirmation cut off mid-way leaves no line: dropping one from trials.jsonl is that state."""
+    run, _ = confirmed_run
+    lines = (run / "trials.jsonl").read_text().splitlines(keepends=True)
+    cut = max(i for i, line in enumerate(lines) if '"confirmed"' in line)
+    lost = json.loads(lines[cut])
+    (run / "trials.jsonl").write_text("".join(lines[:cut] + lines[cut + 1:]))
+    before = records(run)
+    result = run_search(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = records(run)
+    assert after[:len(before)] == before and len(after) == len(before) + 1
+    again = after[-1]
+    assert (again["trial_id"], again["confirms"], again["seed"]) == (lost["trial_id"], lost["confirms"], lost["seed"])
+    assert again["accuracies"] == lost["accuracies"]  # the same training: (arch, seed, settings)
+    assert sorted(p.name for p in (run / "ray").iterdir()) == ["session-1", "session-1-confirm", "session-2-confirm"]
+    # and once every confirmation has its record, a resume trains nothing
+    result = run_search(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None), cwd=workdir)
+    assert result.returncode == 0 and records(run) == after and "nothing left to confirm" in result.stdout
