@@ -74,12 +74,14 @@ def trial_cost(args) -> None:
 def overhead(args) -> None:
     run = Path(args.run)
     records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
-    trained = [r for r in records if r["status"] != "infeasible"]
+    trained = [r for r in records if r["status"] != "infeasible"]  # proxies and confirmation trainings
     train = sum(r["timings"].get("train_s", 0.0) for r in trained)
     wall_trials = sum(r["timings"].get("wall_s", 0.0) for r in trained)
     flops_s = sum(r["timings"].get("flops_s", 0.0) for r in records)
     wall = float(args.wall) if args.wall else _wall_from_log(run / "search.log")
-    print(f"{run}: {len(trained)} trained, {len(records) - len(trained)} rejected for the budget")
+    confirmations = sum(r["status"] == "confirmed" for r in trained)
+    print(f"{run}: {len(trained) - confirmations} proxies and {confirmations} confirmation trainings, "
+          f"{len(records) - len(trained)} rejected for the budget")
     print(f"  sum of proxy training time   {train:8.1f} s")
     print(f"  sum of trial wall time       {wall_trials:8.1f} s  (build, data, training, evaluation)")
     print(f"  FLOP counting in the driver  {flops_s:8.1f} s  ({len(records)} candidates)")
@@ -109,7 +111,7 @@ def quality(args) -> None:
                 name = f"{sampler}-{seed}"
                 cmd = [sys.executable, "-m", "nas.search", "--budget", args.budget, "--trials", str(args.trials),
                        "--epochs", str(args.epochs), "--sampler", sampler, "--seed", str(seed), "--name", name,
-                       "--runs-dir", tmp, "--max-train", str(args.max_train)]
+                       "--runs-dir", tmp, "--max-train", str(args.max_train), "--confirm", "0"]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
                 recs = [json.loads(x) for x in (Path(tmp) / name / "trials.jsonl").read_text().splitlines()]
