@@ -18,6 +18,7 @@ Trainings run as Ray tasks (``--address`` joins a cluster), one CPU each by defa
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -347,6 +348,7 @@ def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dic
     rungs["flops"] = {a["index"]: [float(a["flops"])] for a in archs}
     rungs["params"] = {a["index"]: [float(a["params"])] for a in archs}
     cost: dict[str, list[float]] = {n: [] for n in list(setup.settings) + [REFERENCE, ZERO_COST]}
+    seeds: dict[tuple[str, int], dict[int, float]] = collections.defaultdict(dict)
     for r in results:
         if "error" in r:
             continue
@@ -356,51 +358,68 @@ def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dic
             for name, value in r["scores"].items():
                 rungs.setdefault(name, {})[r["arch"]] = [value]
         elif r["setting"] in rungs:
-            rungs[r["setting"]].setdefault(r["arch"], []).append(r["accuracy"])
+            seeds[(r["setting"], r["arch"])][r["seed"]] = r["accuracy"]
         if r["setting"] in cost:
             cost[r["setting"]].append(r.get("seconds", 0.0))
+    for (name, arch), by_seed in seeds.items():  # in seed order: the first is the run's own seed
+        rungs[name][arch] = [by_seed[s] for s in sorted(by_seed)]
     return reference, rungs, cost
 
 
 def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]],
             resamples: int = 2000) -> dict[str, Any]:
     """Per rung: tau-b and rho against the reference with bootstrap 90 % intervals, top-3/top-5 overlap, seed
-    noise and cost; over the architectures whose reference and rung are both done."""
-    from .stats import bootstrap_interval, kendall_tau_b, spearman_rho, top_k_overlap
-
+    noise and cost; over the architectures whose reference and rung are both done. A proxy setting is scored
+    by its first seed's accuracy, as a search sees it (one seed per candidate); a setting repeated over seeds
+    gets a second row, ``NAME xK``, scored by the mean over its seeds."""
     reference, rungs, cost = _scores_by_rung(setup, archs, results)
     rows = []
     for name, per_arch in rungs.items():
         common = sorted(i for i in per_arch if i in reference and all(np.isfinite(per_arch[i])))
-        score = np.array([np.mean(per_arch[i]) for i in common])
-        ref = np.array([reference[i] for i in common])
-        if name == "flops" or name == "params":
-            kind = "size"
-        elif name in setup.settings:
-            kind = "proxy"
-        else:
-            kind = "zero-cost"
-        sds = [float(np.std(per_arch[i], ddof=1)) for i in common if len(per_arch[i]) > 1]
+        kind = "size" if name in ("flops", "params") else "proxy" if name in setup.settings else "zero-cost"
         job_cost = cost[ZERO_COST] if kind == "zero-cost" else cost.get(name, [])
-        row = {"rung": name, "kind": kind, "n": len(common),
-               "tau": kendall_tau_b(score, ref), "tau_90": bootstrap_interval(kendall_tau_b, score, ref,
-                                                                             resamples=resamples),
-               "rho": spearman_rho(score, ref), "rho_90": bootstrap_interval(spearman_rho, score, ref,
-                                                                             resamples=resamples),
-               "top3": top_k_overlap(score, ref, 3) if len(common) >= 3 else None,
-               "top5": top_k_overlap(score, ref, 5) if len(common) >= 5 else None,
-               "seed_sd": float(np.mean(sds)) if sds else None, "seeds": max((len(per_arch[i]) for i in common),
-                                                                               default=0),
-               "seconds_per_candidate": float(np.mean(job_cost)) if job_cost and kind != "size" else 0.0}
-        if kind == "proxy" and common:
-            best = common[int(np.argmax(score))]
-            row["pick"] = {"arch": best, "reference": reference[best], "best_reference": float(ref.max())}
-        rows.append(row)
+        seconds = float(np.mean(job_cost)) if job_cost and kind != "size" else 0.0
+        row = _row(name, kind, {i: per_arch[i][0] for i in common}, reference, resamples, seconds)
+        repeats = min((len(per_arch[i]) for i in common), default=0)
+        if repeats > 1:
+            sds = [float(np.std(per_arch[i][:repeats], ddof=1)) for i in common]
+            row["seed_sd"], row["seeds"] = float(np.mean(sds)), repeats
+            row["tau_per_seed"] = [_row(name, kind, {i: per_arch[i][k] for i in common}, reference, 0,
+                                        seconds)["tau"] for k in range(repeats)]
+            mean = _row(f"{name} x{repeats}", "proxy-mean", {i: float(np.mean(per_arch[i][:repeats]))
+                                                              for i in common}, reference, resamples,
+                        seconds * repeats)
+            rows += [row, {**mean, "seed_sd": row["seed_sd"], "seeds": repeats}]
+        else:
+            rows.append(row)
     ref_cost = cost[REFERENCE]
     return {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
             "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
             "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
             "rows": rows, "targets": _targets(rows, setup)}
+
+
+def _row(name: str, kind: str, scores: dict[int, float], reference: dict[int, float], resamples: int,
+         seconds: float) -> dict[str, Any]:
+    """One rung's agreement with the reference over the architectures in ``scores`` (no interval when
+    ``resamples`` is 0)."""
+    from .stats import bootstrap_interval, kendall_tau_b, spearman_rho, top_k_overlap
+
+    common = sorted(scores)
+    score = np.array([scores[i] for i in common])
+    ref = np.array([reference[i] for i in common])
+    def interval(stat):
+        return bootstrap_interval(stat, score, ref, resamples=resamples) if resamples else None
+    row = {"rung": name, "kind": kind, "n": len(common),
+           "tau": kendall_tau_b(score, ref), "tau_90": interval(kendall_tau_b),
+           "rho": spearman_rho(score, ref), "rho_90": interval(spearman_rho),
+           "top3": top_k_overlap(score, ref, 3) if len(common) >= 3 else None,
+           "top5": top_k_overlap(score, ref, 5) if len(common) >= 5 else None,
+           "seed_sd": None, "seeds": 1, "seconds_per_candidate": seconds}
+    if kind.startswith("proxy") and common:
+        best = common[int(np.argmax(score))]
+        row["pick"] = {"arch": best, "reference": reference[best], "best_reference": float(ref.max())}
+    return row
 
 
 def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
@@ -444,6 +463,9 @@ def print_report(report: dict[str, Any], out=print) -> None:
         t5 = f"{r['top5']}/5" if r["top5"] is not None else "-"
         out(f"{r['rung']:>14s} {r['n']:3d} {r['tau']:+6.2f} {_fmt_interval(r['tau_90']):>16s} {r['rho']:+6.2f} "
             f"{_fmt_interval(r['rho_90']):>16s} {t3:>5s} {t5:>5s} {sd:>8s} {r['seconds_per_candidate']:7.1f}")
+    for r in report["rows"]:
+        if r.get("tau_per_seed"):
+            out(f"tau-b of '{r['rung']}' seed by seed: {', '.join(f'{t:+.2f}' for t in r['tau_per_seed'])}")
     t = report["targets"]
     if t:
         out(f"targets for '{t['setting']}': tau >= 0.6: {_yes(t['tau_at_least_0.6'])}; tau's interval above "

@@ -69,15 +69,17 @@ def test_every_job_is_recorded_and_the_report_agrees_with_the_results(calibrated
     rows = {r["rung"]: r for r in report["rows"]}
     assert {"default", "short", "flops", "params", "synflow", "snip", "naswot", "zico"} <= set(rows)
     ref = {r["arch"]: r["accuracy"] for r in results if r["setting"] == REFERENCE}
-    for name in ("default", "short"):
-        mean = {i: np.mean([r["accuracy"] for r in results if r["setting"] == name and r["arch"] == i])
-                for i in ref}
-        idx = sorted(ref)
-        assert rows[name]["n"] == ARCHS
-        assert rows[name]["tau"] == pytest.approx(kendall_tau_b([mean[i] for i in idx], [ref[i] for i in idx]),
-                                                  nan_ok=True)
-        lo, hi = rows[name]["tau_90"]
+    idx = sorted(ref)
+    # a setting's row scores the first seed, as a search sees it; 'short x2' scores the mean of its two seeds
+    for row, setting, seeds in (("default", "default", [0]), ("short", "short", [0]), ("short x2", "short", [0, 1])):
+        score = {i: np.mean([r["accuracy"] for r in results if r["setting"] == setting and r["arch"] == i
+                             and r["seed"] in seeds]) for i in ref}
+        assert rows[row]["n"] == ARCHS
+        assert rows[row]["tau"] == pytest.approx(kendall_tau_b([score[i] for i in idx], [ref[i] for i in idx]),
+                                                 nan_ok=True)
+        lo, hi = rows[row]["tau_90"]
         assert np.isnan(lo) or -1 <= lo <= hi <= 1
+    assert "default x2" not in rows and len(rows["short"]["tau_per_seed"]) == SEEDS
     short_sd = [np.std([r["accuracy"] for r in results if r["setting"] == "short" and r["arch"] == i], ddof=1)
                 for i in ref]
     assert rows["short"]["seed_sd"] == pytest.approx(np.mean(short_sd))
@@ -183,6 +185,8 @@ def test_analyze_on_known_numbers():
     assert rows["p"]["tau"] == 1 and rows["p"]["rho"] == pytest.approx(1) and rows["p"]["top3"] == 3
     assert rows["p"]["seed_sd"] == pytest.approx(np.std([-d, d], ddof=1))  # = d * sqrt(2)
     assert rows["p"]["seconds_per_candidate"] == 2.0 and rows["synflow"]["seconds_per_candidate"] == 0.5
+    assert rows["p x2"]["tau"] == 1 and rows["p x2"]["seconds_per_candidate"] == 4.0
+    assert rows["p"]["tau_per_seed"] == [1, 1]
     assert rows["flops"]["tau"] == -1 and rows["params"]["tau"] == 1 and rows["synflow"]["tau"] == -1
     assert rows["p"]["pick"] == {"arch": 5, "reference": 0.9, "best_reference": 0.9}
     t = report["targets"]
