@@ -241,6 +241,12 @@ def _jobs(setup: Setup, archs: list[dict[str, Any]]) -> list[tuple[int, str, int
     return jobs
 
 
+def _jobs_left(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[tuple[int, str, int]]:
+    """The jobs without a result; one that failed runs again (its failure may have been the machine's)."""
+    done = {(r["arch"], r["setting"], r["seed"]) for r in results if "error" not in r}
+    return [j for j in _jobs(setup, archs) if j not in done]
+
+
 def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | None, seed: int, data,
              threads: int) -> dict[str, Any]:
     """One job, in a Ray worker or in this process: a training, or the zero-cost scores of one architecture."""
@@ -287,12 +293,12 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
         log(f"sampling {setup.archs} architectures within {format_flops(setup.budget)}FLOPs from {space.name} ...")
         archs = sample_archs(space, setup.budget, setup.archs, setup.seed, _measure, log=log)
         out.write_archs(archs)
-    done = {(r["arch"], r["setting"], r["seed"]) for r in out.read_results() if "error" not in r}  # retry errors
-    todo = [j for j in _jobs(setup, archs) if j not in done]
-    log(f"{len(archs)} architectures, {len(done)} jobs done, {len(todo)} to run")
+    todo = _jobs_left(setup, archs, out.read_results())
+    log(f"{len(archs)} architectures, {len(_jobs(setup, archs)) - len(todo)} jobs done, {len(todo)} to run")
     if todo:
         _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data)
     report = analyze(setup, archs, out.read_results())
+    report["jobs_left"] = len(_jobs_left(setup, archs, out.read_results()))
     (out.path / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_report(report, archs, out.read_results(), setup, out.path / "calibration.png")
     return report
@@ -320,15 +326,20 @@ def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started
         size = None if setting == ZERO_COST else knobs[setting]["image_size"]
         ref = remote.remote(by_index[index]["arch"], setting, knobs.get(setting), seed, data_ref(size), cpus_per_job)
         pending[ref] = (index, setting, seed)
-    finished = 0
+    finished = lost = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index, setting, seed = pending.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except Exception as exc:  # a failing candidate (NaN loss, ...) is recorded, the calibration goes on
+        except ray.exceptions.RayTaskError as exc:  # the candidate failed (NaN loss, ...): recorded, and go on
             text = str(exc).strip().splitlines()
             result = {"error": (text[-1] if text else type(exc).__name__)[:300]}
+        except ray.exceptions.RayError as exc:  # Ray itself failed (a node or the raylet died): not recorded
+            lost += 1
+            log(f"  arch {index} {setting} seed {seed}: lost to Ray ({type(exc).__name__}); it runs again on "
+                f"the next invocation")
+            continue
         out.append_result({"arch": index, "setting": setting, "seed": seed, **result})
         finished += 1
         elapsed = time.time() - started
@@ -336,6 +347,7 @@ def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started
                 "scored" if "scores" in result else f"FAILED: {result['error']}")
         log(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] arch {index:2d} {setting:>10s} seed {seed}: {what} "
             f"({result.get('seconds', 0):.0f} s); {finished}/{finished + len(pending)}")
+    return lost
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -572,6 +584,10 @@ def _main(argv: list[str] | None) -> int:
                        log=lambda m: print(m, flush=True), data=data)
     print_report(report)
     print(f"wrote {out.path / 'report.json'} and {out.path / 'calibration.png'}")
+    if report["jobs_left"]:
+        print(f"{report['jobs_left']} job(s) did not finish (failed, or lost with a Ray worker); the report covers "
+              f"what did. Run the same command again to continue.")
+        return 1
     return 0
 
 
