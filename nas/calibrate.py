@@ -508,8 +508,9 @@ def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None
         hi = [max(rungs[name][i]) - np.mean(rungs[name][i]) for i in common]
         ax.errorbar(xs, [reference[i] for i in common], xerr=[lo, hi], fmt="o", ms=4, capsize=2)
         r = rows[name]
-        ax.set_title(f"{name}: tau-b {r['tau']:+.2f} {_fmt_interval(r['tau_90'])}, n={r['n']}", fontsize=9)
-        ax.set_xlabel("proxy accuracy (mean, seed range)")
+        ax.set_title(f"{name}: tau-b {r['tau']:+.2f} {_fmt_interval(r['tau_90'])} (first seed), n={r['n']}",
+                     fontsize=9)
+        ax.set_xlabel("proxy accuracy (mean over seeds; bars: their range)")
         ax.set_ylabel("reference accuracy")
         ax.grid(alpha=0.3)
     fig.tight_layout()
