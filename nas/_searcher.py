@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ._run import RunDir
@@ -181,3 +182,15 @@ def trial_record(trial_id: int | str, arch: Arch, status: str, flops: int, param
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **extra,
     }
+
+
+class CandidateASHA(ASHAScheduler):
+    """ASHA for the sampled candidates only: a reference (``--seed-references``) trains all its epochs, so it
+    completes, enters the front and can be confirmed beside the search's pick. Its results still count in
+    the rungs that judge the candidates."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and trial.config.get("reference") and result.get("epoch", 0) < self._max_t:
+            return TrialScheduler.CONTINUE
+        return action

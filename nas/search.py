@@ -292,7 +292,6 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     loaded dataset when the caller has it already."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from .data import load_dataset
     from .proxy import resize_data
@@ -334,7 +333,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
-        from ._searcher import BudgetSearcher
+        from ._searcher import BudgetSearcher, CandidateASHA
 
         _start_ray(address)
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
@@ -344,7 +343,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
             tune.with_parameters(_trainable, data=resize_data(data, proxy.image_size), proxy=proxy,
                                  seed=config.seed),
             resources)
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
+        scheduler = (CandidateASHA(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
                                    reduction_factor=2)
                      if config.early_stop and proxy.grace_period < config.epochs else None)
         slots = _slots(cpus_per_trial, gpus_per_trial)

@@ -277,6 +277,30 @@ def test_resume_after_the_driver_is_killed(workdir):
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_asha_stops_trailing_candidates_but_never_a_reference():
+    """Six trials reach the first rung (epoch 2 of 4) in falling order of accuracy: ASHA (reduction 2) stops
+    those below the rung's top half; a reference among them trains on, so it completes and can be confirmed."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from nas._searcher import CandidateASHA
+
+    def decisions(reference: set[int]) -> list[str]:
+        asha = CandidateASHA(time_attr="epoch", max_t=4, grace_period=2, reduction_factor=2, metric="accuracy",
+                             mode="max")
+        trials = [SimpleNamespace(trial_id=f"t{i}", config={"reference": "ref" if i in reference else None})
+                  for i in range(6)]
+        for t in trials:
+            asha.on_trial_add(None, t)
+        return [asha.on_trial_result(None, t, {"epoch": 2, "accuracy": 0.9 - 0.1 * i}) for i, t in enumerate(trials)]
+
+    plain = decisions(set())
+    assert plain[0] == TrialScheduler.CONTINUE and TrialScheduler.STOP in plain[1:]
+    with_refs = decisions({i for i, d in enumerate(plain) if d == TrialScheduler.STOP})
+    assert with_refs == [TrialScheduler.CONTINUE] * 6
+
+
 def test_seed_references_trains_those_within_the_budget_first_and_confirms_them(tmp_path, workdir):
     result = run_search("--budget", "4.2GFLOPs", "--space", str(workdir / "mini.yaml"), "--epochs", "1",
                         "--max-train", "64", "--data-dir", str(workdir / "data"), "--runs-dir", str(tmp_path),
