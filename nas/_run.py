@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunDir", "STATUSES"]
+__all__ = ["RunDir", "STATUSES", "atomic_write", "append_jsonl", "read_jsonl"]
 
 STATUSES = ("completed", "stopped", "infeasible", "failed", "confirmed")
 
@@ -41,9 +41,7 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        tmp.replace(self.config)
+        atomic_write(self.config, yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
         try:
@@ -56,25 +54,11 @@ class RunDir:
 
     def append_trial(self, record: dict[str, Any]) -> None:
         """Append one record durably: a crash after this returns never loses it."""
-        line = json.dumps(record, sort_keys=False) + "\n"
-        with open(self.trials, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.trials, record)
 
     def read_trials(self) -> list[dict[str, Any]]:
-        """Every record; a last line cut short by a crash is skipped with a warning."""
-        if not self.trials.is_file():
-            return []
-        records = []
-        for n, line in enumerate(self.trials.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                warnings.warn(f"{self.trials}:{n}: an unreadable line (cut short by a crash?) was skipped")
-        return records
+        """Every record; a line cut short by a crash is skipped with a warning."""
+        return read_jsonl(self.trials)
 
     def next_session(self) -> str:
         """The first ``session-K`` whose proxy and confirmation folders are both unused."""
@@ -82,3 +66,40 @@ class RunDir:
         while (self.ray / f"session-{k}").exists() or (self.ray / f"session-{k}-confirm").exists():
             k += 1
         return f"session-{k}"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it over ``path``: readers see the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line and fsync it. After a last line torn by a crash (no newline), start
+    a new line, so that this record stays whole and readable."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(("\n" if torn else "") + json.dumps(record, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every whole line of ``path`` ([] when it does not exist); one cut short by a crash is skipped with a
+    warning."""
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{n}: an unreadable line (cut short by a crash?) was skipped")
+    return records

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _cli
+from ._run import append_jsonl, atomic_write, read_jsonl
 from .arch import Arch
 from .flops import format_flops, parse_budget
 from .proxy import ProxySettings
@@ -95,10 +96,6 @@ def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], Pr
     return settings, reference
 
 
-def _space_text(space_path: Path) -> str:
-    return space_path.read_text(encoding="utf-8")
-
-
 class CalibrationDir:
     """The output folder: setup, sample and results; every write is atomic or an fsync'ed append."""
 
@@ -107,11 +104,6 @@ class CalibrationDir:
         self.setup_file = self.path / "calibration.yaml"
         self.archs_file = self.path / "archs.jsonl"
         self.results_file = self.path / "results.jsonl"
-
-    def _atomic(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
 
     def read_setup(self) -> dict[str, Any] | None:
         import yaml
@@ -124,41 +116,19 @@ class CalibrationDir:
         import yaml
 
         self.path.mkdir(parents=True, exist_ok=True)
-        self._atomic(self.setup_file, yaml.safe_dump(dataclasses.asdict(setup), sort_keys=False))
+        atomic_write(self.setup_file, yaml.safe_dump(dataclasses.asdict(setup), sort_keys=False))
 
     def read_archs(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.archs_file)
+        return read_jsonl(self.archs_file)
 
     def write_archs(self, archs: list[dict[str, Any]]) -> None:
-        self._atomic(self.archs_file, "".join(json.dumps(a) + "\n" for a in archs))
+        atomic_write(self.archs_file, "".join(json.dumps(a) + "\n" for a in archs))
 
     def read_results(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.results_file)
+        return read_jsonl(self.results_file)
 
     def append_result(self, result: dict[str, Any]) -> None:
-        """Append one line durably; after a line torn by a crash, start a new line so this one is whole."""
-        torn = False
-        if self.results_file.is_file() and self.results_file.stat().st_size:
-            with open(self.results_file, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-        with open(self.results_file, "a", encoding="utf-8") as f:
-            f.write(("\n" if torn else "") + json.dumps(result) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every whole line of ``path``; a line cut short by a crash is skipped (its job simply runs again)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+        append_jsonl(self.results_file, result)
 
 
 def check_same_setup(stored: dict[str, Any], setup: Setup, folder: Path) -> None:
@@ -299,7 +269,7 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
         _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data)
     report = analyze(setup, archs, out.read_results())
     report["jobs_left"] = len(_jobs_left(setup, archs, out.read_results()))
-    (out.path / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write(out.path / "report.json", json.dumps(report, indent=1) + "\n")
     plot_report(report, archs, out.read_results(), setup, out.path / "calibration.png")
     return report
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _cli
-from ._run import STATUSES, RunDir
+from ._run import STATUSES, RunDir, atomic_write
 
 __all__ = ["pareto_mask", "hypervolume", "noise_level", "analyze", "arch_line", "front_table", "confirmed_lines",
            "noise_statement", "write_outputs", "plot_front", "plot_compare"]
@@ -240,7 +240,7 @@ def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_pat
     written = []
     data = as_json(run, analysis, budget)
     path = run.path / "pareto.json"
-    _atomic_write(path, json.dumps(data, indent=1) + "\n")
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
     written.append(path)
     path = run.path / "pareto.csv"
     tmp = path.with_suffix(".csv.tmp")
@@ -254,12 +254,6 @@ def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_pat
     written.append(path)
     written.append(plot_front(run, analysis, budget, plot_path or run.path / "pareto.png"))
     return written
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path) -> Path:
