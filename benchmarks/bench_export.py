@@ -22,8 +22,9 @@ import torch
 
 from nas.arch import Arch
 from nas.export import _import_file, export
-from nas.pareto import analyze, load_run
-from nas.search import _measure
+from nas.pareto import analyze
+from nas.rundir import load_run
+from nas.flops import measure_arch
 from nas.space import load_reference
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     jobs = []
     for ref in args.refs:
         arch: Arch = load_reference(ref)
-        flops, params = _measure(arch)
+        flops, params = measure_arch(arch)
         jobs.append((ref, {"trial_id": f"ref-{ref}", "reference": ref, "status": "completed", "flops": flops,
                            "params": params, "accuracy": float("nan"), "arch": arch.to_dict()}))
     if args.run:

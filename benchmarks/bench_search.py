@@ -3,6 +3,7 @@
     python benchmarks/bench_search.py trial-cost [--archs 5]        # (a) proxy epoch cost vs plain torch.mm
     python benchmarks/bench_search.py overhead runs/NAME             # (b) driver wall time vs trial time
     python benchmarks/bench_search.py quality [--trials 12]          # (c) hypervolume, TPE vs random, 3 seeds
+    python benchmarks/bench_search.py tpe-variants [--trials 12]     # (c') hypervolume of TPE's settings, 3 seeds
     python benchmarks/bench_search.py fidelity [--archs 10]          # (d) Kendall tau, proxy vs 5x training
 
 (a) and (d) train in this process; (c) runs real searches through the command line into a temporary
@@ -73,8 +74,10 @@ def trial_cost(args) -> None:
 
 def overhead(args) -> None:
     run = Path(args.run)
-    records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
-    trained = [r for r in records if r["status"] != "infeasible"]  # proxies and confirmation trainings
+    from nas.rundir import RunDir
+
+    records = RunDir(run).read_trials()
+    trained = [r for r in records if r["status"] not in ("infeasible", "interrupted")]  # proxies, confirmations
     train = sum(r["timings"].get("train_s", 0.0) for r in trained)
     wall_trials = sum(r["timings"].get("wall_s", 0.0) for r in trained)
     flops_s = sum(r["timings"].get("flops_s", 0.0) for r in records)
@@ -103,6 +106,7 @@ def _wall_from_log(path: Path) -> float | None:
 
 def quality(args) -> None:
     from nas.pareto import hypervolume
+    from nas.rundir import RunDir
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +118,7 @@ def quality(args) -> None:
                        "--runs-dir", tmp, "--max-train", str(args.max_train), "--confirm", "0"]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
-                recs = [json.loads(x) for x in (Path(tmp) / name / "trials.jsonl").read_text().splitlines()]
+                recs = RunDir(Path(tmp) / name).read_trials()
                 done = [r for r in recs if r["status"] == "completed"]
                 from nas.flops import parse_budget
 
@@ -196,6 +200,62 @@ def fidelity(args) -> None:
           f"architectures; {time.perf_counter() - t0:.0f} s")
 
 
+TPE_VARIANTS = {  # what the search used before (multivariate), then each setting added in turn
+    "multivariate": {"multivariate": True},
+    "+group": {"multivariate": True, "group": True},
+    "+group+liar": {"multivariate": True, "group": True, "constant_liar": True},
+}
+
+
+def tpe_variants(args) -> None:
+    """Hypervolume at an equal number of trained candidates for each TPE setting, the same seeds, in this
+    process (one Ray for all runs); every run also counts the proposals the searcher caught as duplicates."""
+    import warnings
+
+    import optuna
+    import ray
+
+    from nas import _loop
+    from nas.data import load_dataset
+    from nas.flops import parse_budget
+    from nas.pareto import hypervolume
+    from nas.rundir import RunDir
+
+    budget = parse_budget(args.budget)
+    data = load_dataset("fashion-mnist", args.data_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant, knobs in TPE_VARIANTS.items():
+            for seed in range(args.seeds):
+                def sampler(name, s, trials, knobs=knobs):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        return optuna.samplers.TPESampler(seed=s, n_startup_trials=max(4, min(10, trials // 2)),
+                                                          **knobs)
+                _loop.make_sampler = sampler
+                config = _loop.SearchConfig(budget=budget, trials=args.trials, epochs=args.epochs, seed=seed,
+                                            max_train=args.max_train, confirm=0, data_dir=args.data_dir)
+                run = RunDir(Path(tmp) / f"{variant}-{seed}")
+                run.write_config({})
+                t0 = time.perf_counter()
+                _loop.search(config, run=run, log=lambda m: None, data=data)
+                recs = run.read_trials()
+                done = [r for r in recs if r["status"] == "completed"]
+                hv = hypervolume([r["accuracy"] for r in done], [r["flops"] for r in done], budget)
+                study = optuna.load_study(study_name="opmix", storage=f"sqlite:///{run.study}")
+                dups = sum("duplicate_of" in t.user_attrs for t in study.trials)
+                rows.append((variant, seed, hv))
+                print(f"{variant:14s} seed {seed}: hypervolume {hv:.4f}, {len(done)} completed, "
+                      f"{sum(r['status'] == 'infeasible' for r in recs)} infeasible, {dups} duplicate proposals, "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+    ray.shutdown()
+    for variant in TPE_VARIANTS:
+        hvs = [r[2] for r in rows if r[0] == variant]
+        mean = sum(hvs) / len(hvs)
+        sd = (sum((h - mean) ** 2 for h in hvs) / (len(hvs) - 1)) ** 0.5 if len(hvs) > 1 else float("nan")
+        print(f"{variant:14s} hypervolume {mean:.4f} ± {sd:.4f} (sd over {len(hvs)} seeds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -223,8 +283,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-train", type=int, default=1536)
     p.add_argument("--seeds", type=int, default=3)
+    p = sub.add_parser("tpe-variants")
+    p.add_argument("--budget", default="4.5GFLOPs")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-train", type=int, default=512)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--data-dir", default=None)
     args = parser.parse_args()
-    {"trial-cost": trial_cost, "overhead": overhead, "quality": quality, "fidelity": fidelity}[args.what](args)
+    {"trial-cost": trial_cost, "overhead": overhead, "quality": quality, "fidelity": fidelity,
+     "tpe-variants": tpe_variants}[args.what](args)
 
 
 if __name__ == "__main__":

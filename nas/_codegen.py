@@ -1,9 +1,10 @@
 """Standalone source for one architecture: the definitions it needs, lifted from the catalog's own files.
 
 ``standalone_source(arch, header)`` returns the text of a module that imports only torch and the standard
-library. It holds the top-level definitions (classes, functions, constants) of ``operators/`` and
-``nas/network.py`` that the architecture's ``build()`` reaches, found by following names through the
-syntax trees, in the order of the source files, with their docstrings and comments as written. So the
+library. It holds the top-level definitions (classes, functions, constants) of ``operators/``, of the
+plug-in modules that define the architecture's other operators (``nas.plugins``), and of ``nas/network.py``
+that the architecture's ``build()`` reaches, found by following names through the syntax trees, in the
+order of the source files, with their docstrings and comments as written. So the
 exported code is the code that was searched and trained, not a second copy that could drift from it, and
 a state_dict moves between ``nas.network.build(arch)`` and the exported ``build()``.
 """
@@ -21,6 +22,7 @@ import operators
 from operators._registry import get_spec
 
 from .arch import Arch
+from .errors import OpmixError
 from .network import DOWNSAMPLERS, STEMS, stem_kind
 
 __all__ = ["standalone_source", "needed_definitions"]
@@ -40,22 +42,33 @@ class _Definition:
     uses: set[str]
 
 
-def _source_files() -> list[Path]:
+def _source_files(plugins: tuple[Path, ...] = ()) -> list[Path]:
     rest = sorted(p.name for p in _ROOT.glob("*.py") if p.name not in _SKIP_FILES and p.name not in _FIRST)
-    return [_ROOT / name for name in _FIRST + rest] + [Path(inspect.getfile(sys.modules["nas.network"]))]
+    return ([_ROOT / name for name in _FIRST + rest] + list(plugins)
+            + [Path(inspect.getfile(sys.modules["nas.network"]))])
+
+
+def plugin_files(arch: Arch) -> tuple[Path, ...]:
+    """The files of the plug-in modules (``nas.plugins``) that define the arch's operators outside the catalog."""
+    files = []
+    for stage in arch.stages:
+        path = Path(inspect.getfile(get_spec(stage.op).factory)).resolve()
+        if path.parent != _ROOT.resolve() and path not in files:
+            files.append(path)
+    return tuple(files)
 
 
 def _names_in(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _definitions() -> tuple[dict[str, _Definition], dict[str, str], dict[str, str]]:
+def _definitions(plugins: tuple[Path, ...] = ()) -> tuple[dict[str, _Definition], dict[str, str], dict[str, str]]:
     """Every top-level class, function and constant of the source files, the imports that bind names, and
     each file's banner (the first paragraph of its docstring: operator files name their paper there)."""
     defs: dict[str, _Definition] = {}
     imports: dict[str, str] = {}
     banners: dict[str, str] = {}
-    for path in _source_files():
+    for path in _source_files(plugins):
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
         rel = f"{path.parent.name}/{path.name}"
@@ -79,7 +92,7 @@ def _definitions() -> tuple[dict[str, _Definition], dict[str, str], dict[str, st
             body = "\n".join(lines[start - 1:node.end_lineno])
             for name in names:
                 if name in defs and defs[name].file != rel:
-                    raise RuntimeError(f"{name} is defined in both {defs[name].file} and {rel}; the standalone "
+                    raise OpmixError(f"{name} is defined in both {defs[name].file} and {rel}; the standalone "
                                        f"export needs top-level names to be unique: rename one")
                 defs[name] = _Definition(name, rel, body, _names_in(node) - {name})
     return defs, imports, banners
@@ -99,9 +112,11 @@ def _note_import(node: ast.Import | ast.ImportFrom, imports: dict[str, str]) -> 
                 imports[bound] = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
 
 
-def needed_definitions(roots: set[str]) -> tuple[list[_Definition], list[str], dict[str, str]]:
-    """The definitions ``roots`` reach (in source order), the import lines they need, and the file banners."""
-    defs, imports, banners = _definitions()
+def needed_definitions(roots: set[str], plugins: tuple[Path, ...] = ()) -> tuple[list[_Definition], list[str],
+                                                                                dict[str, str]]:
+    """The definitions ``roots`` reach (in source order), the import lines they need, and the file banners;
+    ``plugins``: files of plug-in operator modules, read after the catalog's own."""
+    defs, imports, banners = _definitions(plugins)
     seen: set[str] = set()
     todo = [r for r in roots if r in defs]
     used_names = set(roots)
@@ -192,7 +207,7 @@ def _import_block(lines: list[str]) -> str:
 def standalone_source(arch: Arch, header: str) -> str:
     """The whole module: ``header`` as its docstring, imports, the needed definitions, ``ARCH`` and ``build``."""
     build_text, roots = build_function(arch)
-    chosen, import_lines, banners = needed_definitions(roots)
+    chosen, import_lines, banners = needed_definitions(roots, plugin_files(arch))
     if "from torch import nn" not in import_lines:
         import_lines.append("from torch import nn")
     top = "\n\n".join([f'"""{header.strip()}\n"""', "from __future__ import annotations",

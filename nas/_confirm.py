@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from ._run import RunDir
+from .rundir import RunDir, trial_label
 from .arch import Arch
 from .proxy import MAX_VAL, ProxySettings
 
@@ -69,12 +69,13 @@ def confirm_jobs(records: list[dict[str, Any]], budget: float, k: int, *, refere
             for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
 
 
-def _trainable(config: dict[str, Any], data=None, settings: ProxySettings = ProxySettings()) -> None:
+def _trainable(config: dict[str, Any], data=None, settings: ProxySettings = ProxySettings(),
+               imports: tuple[str, ...] = ()) -> None:
     """One confirmation: the proxies' trial function with the job's seed and the confirmation's settings."""
-    from .search import _trainable as train
+    from ._loop import trainable as train
 
     job = config["job"]
-    train(job, data=data, proxy=settings, seed=job["seed"])
+    train(job, data=data, proxy=settings, seed=job["seed"], imports=imports)
 
 
 def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], log: Callable[[str], None]):
@@ -83,7 +84,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
     from ray.tune import Callback
 
     from ._searcher import trial_record
-    from .search import _error_text
+    from ._loop import _error_text
 
     class Recorder(Callback):
         def __init__(self):
@@ -96,7 +97,9 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
             self.started[trial.trial_id] = time.time()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "accuracy" in result and "epoch" in result:
+            if "error" in result:
+                self.last[trial.trial_id] = result
+            elif "accuracy" in result and "epoch" in result:
                 accs = self.accuracies.setdefault(trial.trial_id, [])
                 del accs[int(result["epoch"]) - 1:]
                 accs.append(float(result["accuracy"]))
@@ -104,7 +107,10 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.on_trial_result(iteration, trials, trial, trial.last_result or {})
-            if len(self.accuracies.get(trial.trial_id, [])) >= settings.epochs:
+            error = self.last.get(trial.trial_id, {}).get("error")
+            if error is not None:  # the trial function caught its failure: it would happen again, not retried
+                self._append(trial, "failed", str(error))
+            elif len(self.accuracies.get(trial.trial_id, [])) >= settings.epochs:
                 self._append(trial, "confirmed", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -123,8 +129,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
             run.append_trial(record)
             if status == "confirmed":
                 self.recorded += 1
-            who = f"ref {job['reference']}" if job["reference"] else f"trial {job['confirms']}"
-            log(f"  confirm {who}, seed {job['seed']}: " + (f"accuracy {accs[-1]:.4f}" if status == "confirmed"
+            log(f"  confirm {trial_label(job)}, seed {job['seed']}: " + (f"accuracy {accs[-1]:.4f}" if status == "confirmed"
                                                              else f"FAILED: {error}"))
 
     return Recorder()
@@ -132,7 +137,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
 
 def confirm(jobs: list[dict[str, Any]], *, run: RunDir, data, settings: ProxySettings, session: str,
             resources: dict[str, float], slots: int, time_budget_s: float | None,
-            log: Callable[[str], None]) -> int:
+            log: Callable[[str], None], imports: tuple[str, ...] = ()) -> int:
     """Train ``jobs`` (``confirm_jobs``) as one Ray Tune experiment, ``slots`` at a time, within
     ``time_budget_s``; Ray must be running. Returns how many finished and were recorded ``confirmed``."""
     from ray import tune
@@ -141,10 +146,11 @@ def confirm(jobs: list[dict[str, Any]], *, run: RunDir, data, settings: ProxySet
 
     data = resize_data(data, settings.image_size)
     recorder = _recorder(run, settings, fidelity_of(settings, data), log)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data, settings=settings), resources)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data, settings=settings, imports=imports), resources)
     tuner = tune.Tuner(
         trainable, param_space={"job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=slots, time_budget_s=time_budget_s),
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=slots, time_budget_s=time_budget_s,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=session, storage_path=str(run.ray.resolve()), verbose=0,
                                   callbacks=[recorder], failure_config=tune.FailureConfig(max_failures=1)))
     tuner.fit()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from . import _cli
+from . import _cli, plugins
 from .arch import load_arch
 from .flops import count_flops, count_params, format_flops, stage_breakdown
+from .errors import OpmixError
 
 PROG = "python -m nas.flops"
 
@@ -18,14 +19,16 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--input", default=None, metavar="CxHxW",
                         help="input shape, e.g. 3x224x224 (default: the arch's own input)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    plugins.add_import_flag(parser)
     args = parser.parse_args(argv)
+    plugins.import_modules(args.imports)
 
     from .network import build
 
     arch = load_arch(args.arch)
     c, h, w = _cli.parse_input_shape(args.input) if args.input else (arch.in_chans,) + (arch.input_size,) * 2
     if c != arch.in_chans:
-        raise ValueError(f"--input has {c} channels but the arch takes {arch.in_chans}; "
+        raise OpmixError(f"--input has {c} channels but the arch takes {arch.in_chans}; "
                          f"give {arch.in_chans}x{h}x{w}")
     net = build(arch)
     shape = (1, c, h, w)

@@ -6,8 +6,14 @@ with its partial accuracy. Here the driver side does both: ``suggest`` asks the 
 (define-by-run, through ``Space.sample``), counts its full-size FLOPs, and if it breaks the budget (or a
 constraint of the space) records it ``infeasible``, tells Optuna so (constraint value > 0, which TPE and
 NSGA-II learn from, through ``Trial.set_constraint``) and asks again; only feasible candidates reach Ray.
-When a trial ends it is told to Optuna as COMPLETE (all epochs), PRUNED (stopped early: kept off the
-front) or FAIL, and appended to ``trials.jsonl``.
+A candidate that breaks a cheap constraint of the space (widths that decrease, the total depth) is refused
+before its FLOPs are counted, and a network proposed again is never trained twice in one run: not when it
+trained before (its result is told to Optuna again), nor while the same network trains in another slot.
+Neither kind of duplicate uses up the give-up counter, which counts consecutive infeasible candidates only.
+
+When a trial ends it is told to Optuna as COMPLETE (all epochs), PRUNED (stopped early by ASHA: kept off the
+front) or FAIL (an error, or ``interrupted``: cut off by the time budget or the end of the run, and put
+back into the study to be trained first by ``--resume``), and appended to ``trials.jsonl``.
 """
 
 from __future__ import annotations
@@ -18,58 +24,118 @@ from typing import Any, Callable
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ._run import RunDir
+from .rundir import RunDir, trial_label
 from .arch import Arch
 from .space import Space
 
 MAX_REJECTIONS = 500  # consecutive infeasible candidates before the search gives up on the budget
+MAX_DUPLICATES = 200  # consecutive proposals of networks already trained or training: the space is used up
 
 
 class BudgetSearcher(Searcher):
     def __init__(self, *, study, space: Space, budget: int, epochs: int, run: RunDir,
                  measure: Callable[[Arch], tuple[int, int]], references: list[tuple[str, Arch]] = (),
-                 seen: dict[Arch, tuple[float, int]] | None = None, log: Callable[[str], None] = print):
+                 history: list[dict[str, Any]] = (), log: Callable[[str], None] = print):
         super().__init__(metric="accuracy", mode="max")
         self.study, self.space, self.budget, self.epochs, self.run = study, space, budget, epochs, run
         self.measure, self.log = measure, log
         self.references = list(references)  # trained first, then the sampler takes over
-        self.seen = dict(seen or {})  # arch -> (accuracy, flops) of completed candidates: never trained twice
+        # arch -> the record of its training (or of its rejection) in this run: never trained or counted twice
+        self.outcomes: dict[Arch, dict[str, Any]] = {
+            Arch.from_dict(r["arch"]): r for r in history
+            if r["status"] in ("completed", "stopped", "failed", "infeasible")}
         self.live: dict[str, dict[str, Any]] = {}  # ray trial id -> what we know of the running candidate
         self.errored: dict[str, Any] = {}  # ray trial id -> Tune trial, failed before Ray wrote its error
-        self.rejected = 0
+        self.asha_stopped: set[str] = set()  # ray trial ids that ASHA stopped (CandidateASHA adds them)
+        self.rejected = self.duplicates = 0  # consecutive, since the last candidate launched
+        self.reasons: dict[str, int] = {}  # why the rejected ones were rejected (since the last launch)
+        self.least_over: int | None = None  # the cheapest over-budget FLOPs among them
 
     # ----------------------------------------------------------------------------------------- suggest
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.references:
             name, arch = self.references.pop(0)
             return self._launch(trial_id, arch, None, reference=name)
-        for _ in range(MAX_REJECTIONS):
+        while self.rejected < MAX_REJECTIONS and self.duplicates < MAX_DUPLICATES:
             otrial = self.study.ask()
             arch = self.space.sample(otrial)
-            violations = self.space.constraint_violations(arch)
-            if arch in self.seen and not violations:  # the same network again: reuse its result
-                acc, flops = self.seen[arch]
-                otrial.set_constraint("flops_over_budget", flops - self.budget)
-                otrial.set_user_attr("duplicate", True)
-                self.study.tell(otrial, [acc, flops])
+            if self._duplicate(otrial, arch):
+                self.duplicates += 1
                 continue
-            t0 = time.perf_counter()
-            flops, params = self.measure(arch)
-            timing = time.perf_counter() - t0
-            if flops <= self.budget and not violations:
-                self.rejected = 0
-                return self._launch(trial_id, arch, otrial, flops=flops, params=params, flops_seconds=timing)
-            self.rejected += 1
+            violations = self.space.constraint_violations(arch)
+            flops = params = None
+            timing = 0.0
+            if not violations:  # cheap checks first: FLOPs are counted only for networks the space allows
+                t0 = time.perf_counter()
+                flops, params = self.measure(arch)
+                timing = time.perf_counter() - t0
+                if flops <= self.budget:
+                    self.rejected = self.duplicates = 0
+                    self.reasons, self.least_over = {}, None
+                    return self._launch(trial_id, arch, otrial, flops=flops, params=params, flops_seconds=timing)
+            self._reject(otrial, arch, violations, flops, params, timing)
+        self.log(self._give_up_message())
+        return Searcher.FINISHED
+
+    def _duplicate(self, otrial, arch: Arch) -> bool:
+        """A network trained (or rejected) before in this run, or training now: its known outcome is told to
+        Optuna for this trial too, nothing is trained or counted. True if ``arch`` was such a duplicate."""
+        import optuna
+
+        state = optuna.trial.TrialState
+        before = self.outcomes.get(arch)
+        running = next((live["number"] for live in self.live.values() if live["arch"] == arch), None)
+        if before is None and running is None:
+            return False
+        otrial.set_user_attr("duplicate_of", before["trial_id"] if before is not None else running)
+        if before is not None and before["status"] in ("completed", "infeasible") and before["flops"] is not None:
+            completed = before["status"] == "completed"
+            otrial.set_constraint("flops_over_budget", before["flops"] - self.budget if completed else
+                                  max(before["flops"] - self.budget, 1))
+            self.study.tell(otrial, [before["accuracy"] if completed else 0.0, before["flops"]])
+        elif before is not None and before["status"] == "infeasible":  # broke a constraint of the space
+            otrial.set_constraint("flops_over_budget", 1)
+            self.study.tell(otrial, [0.0, float(self.budget) * 2])
+        else:  # stopped early, failed, or training now: nothing to tell but that this proposal is not new
+            self.study.tell(otrial, state=state.PRUNED if before is not None and before["status"] == "stopped"
+                            else state.FAIL)
+        return True
+
+    def _reject(self, otrial, arch: Arch, violations: list[str], flops: int | None, params: int | None,
+                timing: float) -> None:
+        """Record an infeasible candidate and tell Optuna (a constraint value > 0, which TPE and NSGA-II learn
+        from). A constraint of the space is checked before FLOPs are counted: then ``flops`` is None."""
+        self.rejected += 1
+        if violations:
+            reason = "; ".join(violations)
+            self.reasons["broke the space's constraints"] = self.reasons.get("broke the space's constraints", 0) + 1
+            otrial.set_constraint("flops_over_budget", 1)
+            self.study.tell(otrial, [0.0, float(self.budget) * 2])  # not counted: an objective past the budget
+        else:
+            reason = f"{flops / 1e9:.2f} GFLOPs > budget"
+            self.reasons["over the budget"] = self.reasons.get("over the budget", 0) + 1
+            self.least_over = flops if self.least_over is None else min(self.least_over, flops)
             otrial.set_constraint("flops_over_budget", max(flops - self.budget, 1))
             otrial.set_user_attr("flops", flops)
             self.study.tell(otrial, [0.0, flops])
-            reason = f"{flops / 1e9:.2f} GFLOPs > budget" if flops > self.budget else "; ".join(violations)
-            self.run.append_trial(trial_record(otrial.number, arch, "infeasible", flops, params,
-                                               timings={"flops_s": round(timing, 3)}, error=None, note=reason))
-            self.log(f"  candidate {otrial.number}: infeasible ({reason}), not trained")
-        self.log(f"  {MAX_REJECTIONS} candidates in a row broke the budget: stopping; raise --budget or "
-                 f"narrow the space")
-        return Searcher.FINISHED
+        record = trial_record(otrial.number, arch, "infeasible", flops, params,
+                              timings={"flops_s": round(timing, 3)}, error=None, note=reason)
+        self.run.append_trial(record)
+        self.outcomes[arch] = record
+        self.log(f"  candidate {otrial.number}: infeasible ({reason}), not trained")
+
+    def _give_up_message(self) -> str:
+        trained = sum(r["status"] in ("completed", "stopped", "failed") for r in self.outcomes.values())
+        if self.duplicates >= MAX_DUPLICATES:
+            return (f"  stopping: the sampler proposed {MAX_DUPLICATES} networks in a row that this run had trained, "
+                    f"rejected or was training ({trained} trained so far): the space has few more to offer; widen "
+                    f"the space, or ask for fewer --trials")
+        why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.items())
+        least = (f"; the cheapest of them needed {self.least_over / 1e9:.3g} GFLOPs against the budget's "
+                 f"{self.budget / 1e9:.3g} G" if self.least_over is not None else "")
+        return (f"  stopping: the last {MAX_REJECTIONS} candidates the sampler proposed were all infeasible ({why}"
+                f"{least}), and {trained} {'was' if trained == 1 else 'were'} trained; raise --budget, or narrow the space to cheaper widths, "
+                f"depths and operators")
 
     def _launch(self, trial_id: str, arch: Arch, otrial, *, reference: str | None = None, flops: int | None = None,
                 params: int | None = None, flops_seconds: float = 0.0) -> dict[str, Any]:
@@ -99,7 +165,11 @@ class BudgetSearcher(Searcher):
     # ----------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         live = self.live.get(trial_id)
-        if live is not None and result and "accuracy" in result and "epoch" in result:
+        if live is not None and result and "error" in result:  # the trial function caught its failure
+            live["error"] = str(result["error"])
+            live["train_s"] = float(result.get("train_seconds", 0.0))
+            live["node"] = result.get("node")
+        elif live is not None and result and "accuracy" in result and "epoch" in result:
             accs = live["accuracies"]  # Tune passes a trial's last result to on_trial_complete only
             del accs[int(result["epoch"]) - 1:]
             accs.append(float(result["accuracy"]))
@@ -117,23 +187,27 @@ class BudgetSearcher(Searcher):
         if live is None:
             return None
         accs = live["accuracies"]
+        error = error or live.get("error")
         if error is not None:
             status = "failed"
         elif len(accs) >= self.epochs:
             status = "completed"
-        else:
-            status = "stopped" if accs else "failed"
-            error = None if accs else "the trial ended before its first epoch"
+        elif trial_id in self.asha_stopped:
+            status = "stopped"
+        else:  # cut off by the time budget, Ctrl-C or the end of the run: not a result, trained again on resume
+            status = "interrupted"
         otrial, flops = live["otrial"], live["flops"]
         if otrial is not None:
             import optuna
 
             if status == "completed":
                 self.study.tell(otrial, [accs[-1], flops])
-                self.seen[live["arch"]] = (accs[-1], flops)
             else:
                 self.study.tell(otrial, state=(optuna.trial.TrialState.PRUNED if status == "stopped"
                                                else optuna.trial.TrialState.FAIL))
+            if status == "interrupted":
+                self.study.enqueue_trial(otrial.params, user_attrs={"retrains": otrial.number},
+                                         skip_if_exists=False)
         record_id = live["number"] if live["number"] is not None else f"ref-{live['reference']}"
         record = trial_record(record_id, live["arch"], status, flops, live["params"], error=error,
                               accuracies=accs, reference=live["reference"], ray_trial_id=trial_id,
@@ -142,11 +216,13 @@ class BudgetSearcher(Searcher):
                                        "train_s": round(live.get("train_s", 0.0), 3),
                                        "wall_s": round(time.time() - live["started"], 3)})
         self.run.append_trial(record)
+        if status != "interrupted":
+            self.outcomes[live["arch"]] = record
         what = {"completed": f"accuracy {accs[-1]:.4f}" if accs else "",
                 "stopped": f"stopped by ASHA after {len(accs)} epoch(s), accuracy {accs[-1]:.4f}" if accs else "",
-                "failed": f"FAILED: {error}"}[status]
-        self.log(f"  {'ref ' + live['reference'] if live['reference'] else 'trial ' + str(live['number'])}: "
-                 f"{status}; {what}")
+                "failed": f"FAILED: {error}",
+                "interrupted": f"cut off after {len(accs)} epoch(s); --resume trains it again"}[status]
+        self.log(f"  {trial_label(record)}: {status}; {what}")
         return record
 
     # Tune saves and restores searchers with its experiment; this one keeps its state in the study and
@@ -187,10 +263,19 @@ def trial_record(trial_id: int | str, arch: Arch, status: str, flops: int, param
 class CandidateASHA(ASHAScheduler):
     """ASHA for the sampled candidates only: a reference (``--seed-references``) trains all its epochs, so it
     completes, enters the front and can be confirmed beside the search's pick. Its results still count in
-    the rungs that judge the candidates."""
+    the rungs that judge the candidates. The ids of the trials it stops go into ``stopped`` (the searcher's
+    ``asha_stopped``), so that a trial cut off otherwise is not mistaken for one that ASHA stopped."""
+
+    def __init__(self, *args, stopped: set[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stopped = stopped if stopped is not None else set()
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        if "error" in result:  # the trial's failure, reported as its last result
+            return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and trial.config.get("reference") and result.get("epoch", 0) < self._max_t:
             return TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
         return action

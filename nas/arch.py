@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .errors import OpmixError
+
 __all__ = ["Arch", "StageArch", "StemArch", "HeadArch", "load_arch", "dump_arch", "ArchError",
            "STEM_TYPES", "HEAD_TYPES", "DOWNSAMPLE_TYPES"]
 
@@ -25,7 +27,7 @@ DOWNSAMPLE_TYPES = ("op", "conv", "patch")
 Scalar = int | float | str | bool
 
 
-class ArchError(ValueError):
+class ArchError(OpmixError):
     """An architecture file or mapping that does not describe a valid Arch."""
 
 

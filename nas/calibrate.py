@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -31,11 +30,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _cli
-from ._run import append_jsonl, atomic_write, read_jsonl
+from . import _cli, plugins
+from .rundir import append_jsonl, atomic_write, read_jsonl
 from .arch import Arch
 from .flops import format_flops, parse_budget
 from .proxy import ProxySettings
+from .errors import OpmixError
 
 __all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "sample_archs", "main"]
 
@@ -83,14 +83,14 @@ def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], Pr
     data = read_yaml(Path(path), "settings file")
     where = str(path)
     if not isinstance(data, dict) or set(data) - {"settings", "reference"} or "settings" not in data:
-        raise ValueError(f"{where}: write a mapping with 'settings' (named proxy settings) and optionally "
+        raise OpmixError(f"{where}: write a mapping with 'settings' (named proxy settings) and optionally "
                          f"'reference', e.g. settings: {{default: {{}}}}")
     named = data["settings"]
     if not isinstance(named, dict) or not named:
-        raise ValueError(f"{where}: settings is {named!r}; write at least one named setting, e.g. default: {{}}")
+        raise OpmixError(f"{where}: settings is {named!r}; write at least one named setting, e.g. default: {{}}")
     bad = [n for n in named if not isinstance(n, str) or n in (REFERENCE, ZERO_COST, "flops", "params")]
     if bad:
-        raise ValueError(f"{where}: setting name(s) {bad} are reserved or not strings; rename them")
+        raise OpmixError(f"{where}: setting name(s) {bad} are reserved or not strings; rename them")
     settings = {n: ProxySettings.from_mapping(v, f"{where}: settings.{n}") for n, v in named.items()}
     reference = ProxySettings.from_mapping(data.get("reference", DEFAULT_REFERENCE), f"{where}: reference")
     return settings, reference
@@ -136,7 +136,7 @@ def check_same_setup(stored: dict[str, Any], setup: Setup, folder: Path) -> None
     mine = dataclasses.asdict(setup)
     for key in mine:
         if stored.get(key) != mine[key]:
-            raise ValueError(f"{folder} holds a calibration with {key} {stored.get(key)!r}, not {mine[key]!r}; "
+            raise OpmixError(f"{folder} holds a calibration with {key} {stored.get(key)!r}, not {mine[key]!r}; "
                              f"rerun with its own setup to continue it, or pick another --out")
 
 
@@ -165,7 +165,7 @@ def sample_archs(space, budget: int, n: int, seed: int, measure: Callable[[Arch]
         if flops <= budget:
             feasible[arch] = (flops, params)
     if len(feasible) < n:
-        raise ValueError(f"only {len(feasible)} distinct architectures of the space fit {format_flops(budget)}FLOPs "
+        raise OpmixError(f"only {len(feasible)} distinct architectures of the space fit {format_flops(budget)}FLOPs "
                          f"in {pool * 4} draws; lower --archs or raise --budget")
     items = sorted(feasible.items(), key=lambda kv: kv[1][0])
     lo, hi = items[0][1][0], items[-1][1][0]
@@ -218,11 +218,15 @@ def _jobs_left(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str
 
 
 def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | None, seed: int, data,
-             threads: int) -> dict[str, Any]:
-    """One job, in a Ray worker or in this process: a training, or the zero-cost scores of one architecture."""
+             threads: int, imports: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One job, in a Ray worker or in this process: a training, or the zero-cost scores of one architecture.
+    ``imports``: plug-in operator modules to import first (``nas.plugins``)."""
     import torch
 
+    from .plugins import import_modules
     from .proxy import build_proxy, train_arch
+
+    import_modules(imports)
 
     arch = Arch.from_dict(arch_dict)
     t0 = time.perf_counter()
@@ -246,7 +250,7 @@ def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | No
 
 
 def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, cpus_per_job: int = 1,
-              log: Callable[[str], None] = print, data=None) -> dict[str, Any]:
+              log: Callable[[str], None] = print, data=None, imports: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or continue) the calibration into ``out``; returns ``analyze``'s report, also written to
     ``report.json`` with the plot ``calibration.png``."""
     from .data import load_dataset
@@ -258,15 +262,15 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
     data = data or load_dataset(setup.dataset, setup.data_dir, seed=setup.seed)
     archs = out.read_archs()
     if not archs:
-        from .search import _measure
+        from .flops import measure_arch
 
         log(f"sampling {setup.archs} architectures within {format_flops(setup.budget)}FLOPs from {space.name} ...")
-        archs = sample_archs(space, setup.budget, setup.archs, setup.seed, _measure, log=log)
+        archs = sample_archs(space, setup.budget, setup.archs, setup.seed, measure_arch, log=log)
         out.write_archs(archs)
     todo = _jobs_left(setup, archs, out.read_results())
     log(f"{len(archs)} architectures, {len(_jobs(setup, archs)) - len(todo)} jobs done, {len(todo)} to run")
     if todo:
-        _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data)
+        _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data, tuple(imports))
     report = analyze(setup, archs, out.read_results())
     report["jobs_left"] = len(_jobs_left(setup, archs, out.read_results()))
     atomic_write(out.path / "report.json", json.dumps(report, indent=1) + "\n")
@@ -274,12 +278,12 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
     return report
 
 
-def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data) -> None:
+def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data, imports) -> None:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 configure_logging=True, **({} if address else {"num_cpus": os.cpu_count()}))
+    from ._loop import start_ray
+
+    start_ray(address, imports)
     knobs = {**{n: dataclasses.asdict(s) for n, s in setup.proxies().items()},
              REFERENCE: dataclasses.asdict(setup.reference_settings())}
     refs: dict[int | None, Any] = {}
@@ -294,7 +298,8 @@ def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started
     pending = {}
     for index, setting, seed in todo:
         size = None if setting == ZERO_COST else knobs[setting]["image_size"]
-        ref = remote.remote(by_index[index]["arch"], setting, knobs.get(setting), seed, data_ref(size), cpus_per_job)
+        ref = remote.remote(by_index[index]["arch"], setting, knobs.get(setting), seed, data_ref(size), cpus_per_job,
+                            imports)
         pending[ref] = (index, setting, seed)
     finished = lost = 0
     while pending:
@@ -509,6 +514,7 @@ def _parser() -> _cli.Parser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the trainings (default: 0)")
     p.add_argument("--address", default=None, help="join a Ray cluster (default: start Ray on this machine)")
     p.add_argument("--cpus-per-job", type=int, default=1, help="CPUs (threads) per training (default: 1)")
+    plugins.add_import_flag(p)
     return p
 
 
@@ -516,12 +522,12 @@ def _setup_from_args(args) -> Setup:
     from .space import load_space, resolve_space_path
 
     if args.archs < 3:
-        raise ValueError(f"--archs {args.archs}: rank statistics need at least 3 architectures (20 or more "
+        raise OpmixError(f"--archs {args.archs}: rank statistics need at least 3 architectures (20 or more "
                          f"for intervals worth reading)")
     if args.seeds < 1:
-        raise ValueError(f"--seeds {args.seeds} must be at least 1 (2 or more to measure seed noise)")
+        raise OpmixError(f"--seeds {args.seeds} must be at least 1 (2 or more to measure seed noise)")
     if args.cpus_per_job < 1:
-        raise ValueError(f"--cpus-per-job {args.cpus_per_job} must be at least 1")
+        raise OpmixError(f"--cpus-per-job {args.cpus_per_job} must be at least 1")
     path = resolve_space_path(args.space)
     load_space(path)
     settings, reference = load_settings(args.settings)
@@ -536,13 +542,15 @@ def _main(argv: list[str] | None) -> int:
     from .data import load_dataset
 
     args = _parser().parse_args(argv)
+    plugins.import_modules(args.imports)
     setup = _setup_from_args(args)
     out = CalibrationDir(args.out)
     stored = out.read_setup()
     if stored is not None:
         check_same_setup(stored, setup, out.path)
     elif out.path.exists() and any(out.path.iterdir()):
-        raise ValueError(f"--out {out.path} exists and is not a calibration folder; pick an empty or new folder")
+        raise OpmixError(f"--out {out.path} exists and is not a calibration folder; pick an empty or new folder")
+    _cli.writable_dir(out.path, "--out")
     data = load_dataset(setup.dataset, setup.data_dir, seed=setup.seed)
     train_images = len(data.train_x)
     ratio = setup.reference_settings().image_epochs(train_images) / max(
@@ -552,7 +560,7 @@ def _main(argv: list[str] | None) -> int:
     print(f"calibrating on {setup.dataset} ({data.source}: {train_images} train / {len(data.val_x)} val images); "
           f"the reference sees {ratio:.1f}x the training images x epochs of the costliest setting", flush=True)
     report = calibrate(setup, out, address=args.address, cpus_per_job=args.cpus_per_job,
-                       log=lambda m: print(m, flush=True), data=data)
+                       log=lambda m: print(m, flush=True), data=data, imports=tuple(args.imports))
     print_report(report)
     print(f"wrote {out.path / 'report.json'} and {out.path / 'calibration.png'}")
     if report["jobs_left"]:

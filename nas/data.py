@@ -14,7 +14,7 @@ Formats (all parsed here with numpy/struct; no pickle, no torchvision):
 
   1. ``data_dir`` if given (or ``data_dir/fashion-mnist``); a ``data_dir`` without the files is an error,
      never a silent fallback;
-  2. ``$OPMIX_DATA`` (or ``$OPMIX_DATA/fashion-mnist``);
+  2. ``$OPMIX_DATA`` (or ``$OPMIX_DATA/fashion-mnist``); set but without the files, it is an error too;
   3. ``SYSTEM_FASHION_MNIST``, /usr/share/datasets/fashion-mnist (Debian/Ubuntu ``dataset-fashion-mnist``);
   4. the embedded subset shipped in ``nas/_data/fashion-mnist-subset`` (10,000 real training images, 1,000
      per class; see its README.md and LICENSE).
@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .errors import OpmixError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -66,7 +68,7 @@ REINSTALL = ("re-download it from https://github.com/zalandoresearch/fashion-mni
              "or reinstall the package dataset-fashion-mnist")
 
 
-class DataError(ValueError):
+class DataError(OpmixError):
     """A dataset that cannot be read; the one-line message names the path, the problem and the fix."""
 
 
@@ -116,19 +118,18 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
 
 def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
     """The folder Fashion-MNIST is read from, or None for the embedded subset (see the module docstring)."""
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        found = _fashion_folder(root)
-        if found is None:
-            raise DataError(f"{root}: no Fashion-MNIST training set (expected {FASHION_FILES[0]}[.gz] and "
-                            f"{FASHION_FILES[1]}[.gz] in it or in {root / 'fashion-mnist'}); put the files there "
-                            f"or leave data_dir unset to use ${ENV_VAR}, {SYSTEM_FASHION_MNIST} or the embedded subset")
-        return found
     env = os.environ.get(ENV_VAR)
-    if env:
-        found = _fashion_folder(Path(env).expanduser())
-        if found is not None:
-            return found
+    for given, what, instead in ((data_dir, "", f"leave data_dir unset to use ${ENV_VAR}"),
+                                 (env, f"${ENV_VAR}=", f"unset {ENV_VAR} to use")):
+        if given is None or given == "":
+            continue
+        root = Path(given).expanduser()
+        found = _fashion_folder(root)
+        if found is None:  # a folder that was named on purpose: never a silent fallback
+            raise DataError(f"{what}{root}: no Fashion-MNIST training set (expected {FASHION_FILES[0]}[.gz] and "
+                            f"{FASHION_FILES[1]}[.gz] in it or in {root / 'fashion-mnist'}); put the files there "
+                            f"or {instead} {SYSTEM_FASHION_MNIST} or the embedded subset")
+        return found
     return _fashion_folder(Path(SYSTEM_FASHION_MNIST))
 
 

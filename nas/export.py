@@ -9,7 +9,8 @@ Writes (by default to ``runs/NAME/export/``):
 - ``arch.yaml``: the Arch; ``README.md``: figures and how to use it;
 - ``deploy/model.pt2``: the re-parameterized network at the target input as a ``torch.export`` program
   (``torch.export.load``); ``deploy/model.onnx`` too when onnx, onnxscript and onnxruntime are installed
-  (``pip install opmix[export]``), with a dynamic batch dimension;
+  (``pip install opmix[export]``) and ``--no-onnx`` is not given, with a dynamic batch dimension (a fixed
+  batch of 2 when the dynamic one cannot be exported);
 - ``model.safetensors``: the training-form weights, when ``--weights`` gave some.
 
 Before it reports success the export checks itself, and a failed check is an error: the standalone model
@@ -19,12 +20,21 @@ programs' outputs match within 1e-4. Without ``--weights`` the checks use BatchN
 parameters drawn at random, so that the folds are exercised on something other than the identity.
 Everything is written to a temporary folder next to the output and moved into place at the end, so a failed
 export leaves nothing half-written, and an existing output is only replaced with ``--force``.
+
+An ONNX conversion that fails (``torch.onnx.export`` raises, at the dynamic batch and at the fixed one, or
+ONNX Runtime cannot load or run the file) stops the export: one line on stderr naming the stage(s) and
+operator(s) of the arch whose conversion fails and the way out, ``--no-onnx``, and exit code 2. Nothing is
+written then and an existing output is left as it was. Stopping, rather than going on without
+``model.onnx``, keeps the promise above: an export that reports success with the packages installed holds
+a checked ONNX file, so a pipeline that reads it is never handed a folder without it; ``--no-onnx`` asks
+for the folder without it explicitly (``model.pt2`` runs the same network).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import importlib
 import importlib.util
 import os
 import shutil
@@ -37,11 +47,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import _cli
+from . import _cli, plugins
 from .arch import Arch, dump_arch
-from .pareto import analyze, arch_line, load_run
+from .pareto import analyze
+from .rundir import arch_line, load_run
+from .errors import OpmixError
 
-__all__ = ["export", "pick_trial", "ExportCheckError"]
+__all__ = ["export", "pick_trial", "ExportCheckError", "OnnxConversionError"]
 
 PROG = "python -m nas.export"
 INIT_SEED = 0  # torch.manual_seed(INIT_SEED); build() gives the weights an export without --weights carries
@@ -49,6 +61,10 @@ INIT_SEED = 0  # torch.manual_seed(INIT_SEED); build() gives the weights an expo
 
 class ExportCheckError(RuntimeError):
     """A self-check of the export failed: the exported network is not the searched one."""
+
+
+class OnnxConversionError(OpmixError):
+    """The deploy network does not convert to ONNX (or ONNX Runtime cannot run it); ``--no-onnx`` skips it."""
 
 
 def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) -> dict[str, Any]:
@@ -60,16 +76,16 @@ def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) 
     analysis = analyze(records, budget)
     if trial is None:
         if analysis["best"] is None:
-            raise ValueError("the run has no completed trial within the budget yet; wait for the search, or pass "
+            raise OpmixError("the run has no completed trial within the budget yet; wait for the search, or pass "
                              "--trial ID" + (f" (completed: {listing})" if completed else ""))
         return _with_confirmation(analysis["best"], analysis)
     matches = [r for r in records if str(r["trial_id"]) in (trial, f"ref-{trial}")]
     if not matches:
-        raise ValueError(f"--trial {trial}: no such trial in the run; completed trials: {listing or 'none yet'}")
+        raise OpmixError(f"--trial {trial}: no such trial in the run; completed trials: {listing or 'none yet'}")
     record = matches[-1]
     if record["status"] != "completed":
         why = record.get("note") or record.get("error") or ""
-        raise ValueError(f"--trial {trial} is {record['status']}{f' ({why})' if why else ''}, not completed; "
+        raise OpmixError(f"--trial {trial} is {record['status']}{f' ({why})' if why else ''}, not completed; "
                          f"export a completed trial: {listing or 'none yet'}")
     return _with_confirmation(record, analysis)
 
@@ -165,12 +181,12 @@ def _load_weights(path: Path, framework: nn.Module) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if path.suffix != ".safetensors":
-        raise ValueError(f"--weights {path}: give a .safetensors file (safetensors.torch.save_file("
+        raise OpmixError(f"--weights {path}: give a .safetensors file (safetensors.torch.save_file("
                          f"model.state_dict(), PATH)); pickled checkpoints are not read")
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise ValueError(f"--weights {path}: cannot be read as safetensors ({exc})") from None
+        raise OpmixError(f"--weights {path}: cannot be read as safetensors ({exc})") from None
     own = framework.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -181,14 +197,116 @@ def _load_weights(path: Path, framework: nn.Module) -> dict[str, torch.Tensor]:
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
             f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)} vs "
             f"{tuple(own[shapes[0]].shape)})" if shapes else ""] if x)
-        raise ValueError(f"--weights {path}: do not fit this trial's network: {detail}; give weights saved "
+        raise OpmixError(f"--weights {path}: do not fit this trial's network: {detail}; give weights saved "
                          f"from nas.network.build(arch) of this trial (arch.yaml)")
     return state
 
 
-def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log: Callable[[str], None]
-                     ) -> dict[str, Any]:
-    """``model.pt2`` (torch.export) and, when the packages are there, ``model.onnx``; each checked."""
+ONNX_KWARGS = {"input_names": ["images"], "output_names": ["logits"], "dynamo": True, "external_data": False,
+               "verbose": False}
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # onnxscript: the dynamo exporter's dependency
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX export can run here (``pip install opmix[export]``)."""
+    try:
+        for name in ONNX_PACKAGES:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _onnx_export(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool) -> None:
+    """One ``torch.onnx.export`` of ``model`` at ``example`` into ``path`` (a dynamic batch dimension or the
+    example's), with the exporter's progress lines and warnings kept off the console."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it lists the torchvision ops it skips, and its progress
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if dynamic:
+                batch = torch.export.Dim("batch", min=1, max=1024)  # the example's batch is 2: see _export_programs
+                torch.onnx.export(model, (example,), str(path), dynamic_shapes=({0: batch},), **ONNX_KWARGS)
+            else:
+                torch.onnx.export(model, (example,), str(path), **ONNX_KWARGS)
+    finally:
+        quiet.setLevel(level)
+
+
+def _onnx_export_any_batch(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
+    """Export with a dynamic batch dimension, else at the example's batch; True when the batch is dynamic.
+    Raises the fixed-batch try's exception when both fail."""
+    try:
+        _onnx_export(model, example, path, dynamic=True)
+        return True
+    except Exception:  # noqa: BLE001 (shape arithmetic that pins the batch: export at the example's)
+        path.unlink(missing_ok=True)
+        _onnx_export(model, example, path, dynamic=False)
+        return False
+
+
+def _onnx_run(path: Path, example: torch.Tensor) -> torch.Tensor:
+    """``path``'s output at ``example`` in ONNX Runtime (CPU)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: example.numpy()})[0])
+
+
+def _root_cause(exc: BaseException) -> str:
+    """'ValueError: Cannot view a tensor ...': the innermost cause of ``exc`` (``raise ... from``), on one
+    short line."""
+    import re
+
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= 200 else first[:197] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _failing_stages(deploy: nn.Module, example: torch.Tensor, stage_ops: list[str], folder: Path
+                    ) -> list[tuple[int, str]] | None:
+    """(stage number from 1, operator) of each stage of ``deploy`` (``stages.<i>``) that does not convert to
+    ONNX alone, at the input it gets from ``example``; None when the stages cannot be taken apart."""
+    stages = getattr(deploy, "stages", None)
+    if stages is None or len(stages) != len(stage_ops):
+        return None
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [stage.register_forward_pre_hook(lambda _m, args, i=i: inputs.setdefault(i, args[0].detach()))
+             for i, stage in enumerate(stages)]
+    try:
+        with torch.no_grad():
+            deploy(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    failing = []
+    for i, (stage, op) in enumerate(zip(stages, stage_ops)):
+        path = folder / f"stage{i}.onnx"
+        try:
+            _onnx_export_any_batch(stage, inputs[i], path)
+            _onnx_run(path, inputs[i])
+        except Exception:  # noqa: BLE001 (each stage's failure is what this looks for)
+            failing.append((i + 1, op))
+    return failing
+
+
+def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log: Callable[[str], None],
+                     *, onnx: bool = True, stage_ops: list[str] | None = None) -> dict[str, Any]:
+    """``model.pt2`` (torch.export) and, when the packages are there and ``onnx``, ``model.onnx``; each
+    checked. A failed ONNX conversion raises ``OnnxConversionError`` naming the stages of ``stage_ops`` (the
+    arch's operator per stage) that fail."""
     folder.mkdir()
     with torch.no_grad():
         want = deploy(example)
@@ -207,38 +325,44 @@ def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log
                                          1e-4, 1e-4)
     log(f"  deploy/model.pt2 (torch.export), max |diff| {report['pt2_err']:.2g}, "
         f"{'dynamic' if report['pt2_dynamic_batch'] else 'fixed'} batch")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-        import onnxscript  # noqa: F401 (the dynamo exporter's dependency)
-    except ImportError:
+    if not onnx:
+        report["onnx_skipped"] = "--no-onnx"
+        log("  deploy/model.onnx skipped (--no-onnx)")
+        return report
+    if not onnx_available():
+        report["onnx_skipped"] = "packages"
         log("  deploy/model.onnx skipped: pip install 'opmix[export]' (onnx, onnxscript, onnxruntime) for it")
         return report
-    import contextlib
-    import io
-    import logging
-    import warnings
-
     path = folder / "model.onnx"
-    kwargs = dict(input_names=["images"], output_names=["logits"], dynamo=True, external_data=False, verbose=False)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it lists the torchvision ops it skips, and its progress
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(deploy, (example,), str(path), dynamic_shapes=({0: batch},), **kwargs)
-                report["onnx_dynamic_batch"] = True
-            except Exception:  # noqa: BLE001 (shape arithmetic that pins the batch: export at the example's)
-                torch.onnx.export(deploy, (example,), str(path), **kwargs)
-                report["onnx_dynamic_batch"] = False
-    finally:
-        quiet.setLevel(level)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: example.numpy()})[0])
-    report["onnx_err"] = _check_close("deploy/model.onnx (ONNX Runtime) against the deploy-form model", got, want,
-                                      1e-4, 1e-4)
+        report["onnx_dynamic_batch"] = _onnx_export_any_batch(deploy, example, path)
+        got = _onnx_run(path, example)
+    except Exception as exc:  # the exporter's and ONNX Runtime's errors are of many kinds
+        cause = _root_cause(exc)
+        where = None
+        if stage_ops:
+            scratch = folder / "onnx-stages"
+            scratch.mkdir(exist_ok=True)
+            where = _failing_stages(deploy, example, stage_ops, scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
+        if where:  # the stages that fail alone
+            ops = list(dict.fromkeys(op for _, op in where))
+            stages = " in " + ", ".join(f"stage {i} ({op})" for i, op in where)
+        else:  # every stage converts alone (the stem, the head or the whole fails), or no stages to try
+            ops = list(dict.fromkeys(stage_ops or []))
+            stages = f" for the network of {', '.join(ops)}" if ops else ""
+            if where == []:
+                stages += ", though each stage converts alone"
+        other = ", or pick a trial without " + " or ".join(ops) if where else ""
+        raise OnnxConversionError(
+            f"the ONNX conversion of the deploy network failed{stages} ({cause}); nothing was written. Export "
+            f"again with --no-onnx to get model.py, arch.yaml and deploy/model.pt2 without deploy/model.onnx{other}"
+        ) from exc
+    try:
+        report["onnx_err"] = _check_close("deploy/model.onnx (ONNX Runtime) against the deploy-form model", got,
+                                          want, 1e-4, 1e-4)
+    except ExportCheckError as exc:
+        raise ExportCheckError(f"{exc} (--no-onnx exports without the ONNX file)") from None
     log(f"  deploy/model.onnx (ONNX Runtime), max |diff| {report['onnx_err']:.2g}"
         f"{', dynamic batch' if report['onnx_dynamic_batch'] else ', fixed batch'}")
     return report
@@ -246,12 +370,14 @@ def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log
 
 def _refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise ValueError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
+        raise OpmixError(f"{out} exists; pass --force to replace it, or --out DIR for another folder")
 
 
 def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path | None = None, force: bool = False,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export ``record``'s network into ``out`` (see the module docstring); returns the figures."""
+           onnx: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export ``record``'s network into ``out`` (see the module docstring); returns the figures. With
+    ``onnx=False`` there is no ``deploy/model.onnx``; a failed ONNX conversion raises ``OnnxConversionError``
+    and writes nothing."""
     from ._codegen import standalone_source
     from .flops import count_flops, count_params
     from .network import build
@@ -284,7 +410,8 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
             save_file({k: v.contiguous() for k, v in standalone.state_dict().items()}, str(tmp / "model.safetensors"))
         deploy = module.reparameterize_model(standalone).eval()
         example = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(1))
-        report.update(_export_programs(deploy, example, tmp / "deploy", log))
+        report.update(_export_programs(deploy, example, tmp / "deploy", log, onnx=onnx,
+                                       stage_ops=[s.op for s in arch.stages]))
         report.update(train_flops=train_flops, params=params, deploy_flops=record["flops"],
                       lines=len(source.splitlines()))
         (tmp / "README.md").write_text(_readme(arch, record, run_path, report, state is not None), encoding="utf-8")
@@ -336,6 +463,7 @@ def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str
     onnx = ("- `deploy/model.onnx`: the same for ONNX Runtime"
             + (", batch dimension dynamic" if report.get("onnx_dynamic_batch") else ", fixed batch of 2")
             + f" (checked: max |diff| {report['onnx_err']:.2g}).\n") if "onnx_err" in report else (
+            "- no ONNX file: exported with `--no-onnx`.\n" if report.get("onnx_skipped") == "--no-onnx" else
             "- no ONNX file: install `opmix[export]` (onnx, onnxscript, onnxruntime) and export again.\n")
     weights_text = ("- `model.safetensors`: the trained weights given with `--weights` (training form); the "
                     "deploy programs carry them.\n") if weights else (
@@ -388,22 +516,29 @@ def _parser() -> _cli.Parser:
     p.add_argument("--weights", default=None, help="trained weights (.safetensors, keys of nas.network.build) "
                    "to put into the exported network")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not write deploy/model.onnx (it is "
+                   "written when onnx, onnxscript and onnxruntime are installed). Without this flag a network that "
+                   "does not convert to ONNX stops the export: one line naming its operators, exit code 2, nothing "
+                   "written; export again with --no-onnx then")
+    plugins.add_import_flag(p)
     return p
 
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     run, config, records = load_run(args.run)
+    plugins.import_modules([*config.get("imports", []), *args.imports])  # the run's plug-in operators, and more
     record = pick_trial(records, config["budget"], args.trial)
     out = Path(args.out) if args.out else run.path / "export"
     weights = Path(args.weights) if args.weights else None
     if weights is not None and not weights.is_file():
-        raise ValueError(f"--weights {weights}: no such file")
+        raise OpmixError(f"--weights {weights}: no such file")
     _refuse_existing(out, args.force)  # before the long part starts
+    _cli.writable_dir(out.parent, "--out")
     print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), {_accuracy_text(record)}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:
-        export(run.path, record, out, weights=weights, force=args.force)
+        export(run.path, record, out, weights=weights, force=args.force, onnx=args.onnx)
     except ExportCheckError as exc:
         print(f"{PROG}: error: {exc}; nothing was written. Please report it with the run's arch.", file=sys.stderr)
         return 1

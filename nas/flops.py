@@ -11,6 +11,10 @@ fvcore counts convolutions, linear layers, matmuls, einsums and norms. Three tab
   softmax, pooling, reductions, data movement), ignored explicitly rather than silently;
 - anything else is reported once per call as a warning that lists it, and ``unsupported_ops`` returns it
   so that tests can insist that the catalog meets none.
+
+``count_arch(arch)`` gives the deploy-form FLOPs and parameters of ``build(arch)`` without building or
+tracing the whole network: each layer (the stem, a downsampler, a block, the head) costs what its own
+constructor arguments and input shape say, so it is counted alone and remembered (see ``count_arch``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ from __future__ import annotations
 import copy
 import math
 import re
+import threading
 import warnings
-from collections import Counter
-from typing import Any
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["count_flops", "count_params", "flop_analysis", "unsupported_ops", "parse_budget", "format_flops"]
+from .arch import Arch
+from .errors import OpmixError
+
+__all__ = ["count_flops", "count_params", "count_arch", "measure_arch", "layer_cache_info", "clear_layer_cache", "flop_analysis",
+           "unsupported_ops", "parse_budget", "format_flops"]
 
 
 def _shape(value: Any) -> list[int]:
@@ -126,6 +136,137 @@ def count_params(model: nn.Module, deploy: bool = True) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+class _LayerCount(NamedTuple):
+    flops: int
+    params: int
+    out_shape: tuple[int, ...]
+    missing: tuple[tuple[str, int], ...]  # ops neither fvcore, EXTRA_HANDLES nor ZERO_OPS cover, with counts
+
+
+class LayerCacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+LAYER_CACHE_SIZE = 8192  # layers count_arch remembers (under 1 kB each), the least recently used dropped first
+_layer_cache: OrderedDict[tuple, _LayerCount] = OrderedDict()
+_layer_stats = {"hits": 0, "misses": 0}
+_layer_lock = threading.Lock()
+
+
+def layer_cache_info() -> LayerCacheInfo:
+    """Hits, misses and size of ``count_arch``'s cache of layer counts (as ``functools.lru_cache`` reports)."""
+    with _layer_lock:
+        return LayerCacheInfo(_layer_stats["hits"], _layer_stats["misses"], len(_layer_cache), LAYER_CACHE_SIZE)
+
+
+def clear_layer_cache() -> None:
+    """Forget every layer count and reset the hit and miss counters."""
+    with _layer_lock:
+        _layer_cache.clear()
+        _layer_stats.update(hits=0, misses=0)
+
+
+def _recorder(factory: Callable[..., nn.Module]) -> Callable[..., tuple]:
+    """A stand-in for ``factory`` that returns its call, ``(factory, args, kwargs)``, instead of a module."""
+    return lambda *args, **kwargs: (factory, args, kwargs)
+
+
+def _layer_calls(arch: Arch) -> list[tuple[Callable[..., nn.Module], tuple, dict[str, Any]]]:
+    """``(constructor, args, kwargs)`` of every layer of ``build(arch)``, in forward order, none of them built.
+
+    The stages go through ``nas.network.stage_layers`` itself (with constructors that record their call), so
+    the downsampling rule, the first block's stride and width change and the alternating keywords are the
+    builder's own. Only the full-size network (``width_mult`` 1, the Arch's own input) is described."""
+    import operators
+
+    from .network import DOWNSAMPLERS, Head, make_stem, stage_layers, stem_kind
+
+    calls = [(make_stem, (stem_kind(arch), arch.in_chans, arch.stem.width), {})]
+    cin = arch.stem.width
+    for stage in arch.stages:
+        spec = operators.get_spec(stage.op)
+        down = DOWNSAMPLERS.get(stage.downsample)
+        calls += stage_layers(_recorder(spec.factory), cin, stage.width, stage.depth, stage.stride,
+                              alternate=spec.alternate, downsample=down and _recorder(down), **stage.kwargs)
+        cin = stage.width
+    calls.append((Head, (arch.head.type, cin, arch.num_classes, arch.head.hidden), {}))
+    return calls
+
+
+def _count_layer(factory: Callable[..., nn.Module], args: tuple, kwargs: dict[str, Any],
+                 input_shape: tuple[int, ...]) -> _LayerCount:
+    """Build one layer without initializing it (as ``build_uninitialized``), re-parameterize it in place and
+    trace it once on zeros of ``input_shape``; the trace also gives the output shape."""
+    from operators import reparameterize_model
+
+    with torch.device("meta"):
+        layer = factory(*args, **kwargs)
+    layer = reparameterize_model(layer.to_empty(device="cpu").eval(), inplace=True)
+    outputs: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    with torch.no_grad():
+        analysis = flop_analysis(layer, (_example(layer, input_shape),))
+        flops = int(analysis.total())
+    hook.remove()
+    missing = tuple(sorted(_missing(analysis).items()))
+    return _LayerCount(flops, sum(p.numel() for p in layer.parameters()), tuple(outputs[-1].shape), missing)
+
+
+def count_arch(arch: Arch, input_shape: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """(FLOPs, parameters) of ``build(arch)``'s deploy form at ``input_shape``, default ``(1, in_chans, S, S)``
+    with S the Arch's input size: exactly ``count_flops`` and ``count_params`` of the whole network, faster.
+
+    A network is its stem, then each stage's downsampler (if any) and blocks, then the head, and each of these
+    layers' counts depend only on its constructor call and its input shape. So every layer is counted alone
+    (built uninitialized, re-parameterized, traced on zeros), and its (FLOPs, parameters, output shape) are kept
+    in a module-level cache under that call and shape: blocks 2..depth of a stage differ at most by the
+    alternating keywords (Swin's shift), so a stage's blocks cost at most three traces whatever its depth, and
+    later candidates reuse every layer an earlier one counted. The cache holds the ``LAYER_CACHE_SIZE`` most recently
+    used layers; ``layer_cache_info`` reports it. Ops that could not be counted are listed in one warning per
+    call, as ``count_flops`` does. The stem is the Arch's own (``stem_kind`` at its input size) whatever
+    ``input_shape`` says, as in ``count_flops(build_uninitialized(arch), input_shape)``.
+    """
+    shape = tuple(input_shape or (1, arch.in_chans, arch.input_size, arch.input_size))
+    flops = params = 0
+    missing: Counter = Counter()
+    for factory, args, kwargs in _layer_calls(arch):
+        # values keep their type: True == 1 and 4 == 4.0 as keys, but not necessarily as arguments
+        key = (factory, args, tuple((k, type(v), v) for k, v in sorted(kwargs.items())), shape)
+        with _layer_lock:
+            count = _layer_cache.get(key)
+            if count is not None:
+                _layer_cache.move_to_end(key)
+                _layer_stats["hits"] += 1
+        if count is None:
+            count = _count_layer(factory, args, kwargs, shape)
+            with _layer_lock:
+                _layer_stats["misses"] += 1
+                _layer_cache[key] = count
+                while len(_layer_cache) > LAYER_CACHE_SIZE:
+                    _layer_cache.popitem(last=False)
+        flops, params, shape = flops + count.flops, params + count.params, count.out_shape
+        missing.update(dict(count.missing))
+    if missing:
+        listed = ", ".join(f"{op} x{n}" for op, n in sorted(missing.items()))
+        warnings.warn(f"count_arch: these ops were not counted (no handle registered): {listed}", stacklevel=2)
+    return flops, params
+
+
+def measure_arch(arch: Arch) -> tuple[int, int]:
+    """How the search, the calibration and the export measure a candidate: ``count_arch`` at the Arch's own
+    input, on one torch thread (tracing many small layers, one thread is several times faster than two on
+    a busy machine: ``benchmarks/bench_flops.py``); the process's thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return count_arch(arch)
+    finally:
+        torch.set_num_threads(threads)
+
+
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*(?:flops?)?\s*$", re.IGNORECASE)
 _ACCEPTED = "a positive number with an optional unit K, M, G or T and optional 'FLOPs', e.g. 4.5GFLOPs, 4.5G, " \
@@ -136,10 +277,10 @@ def parse_budget(text: str) -> int:
     """'4.5GFLOPs' -> 4_500_000_000 multiply-adds. Case and spaces do not matter."""
     match = _BUDGET.match(str(text))
     if not match:
-        raise ValueError(f"budget {text!r} is not understood; write {_ACCEPTED}")
+        raise OpmixError(f"budget {text!r} is not understood; write {_ACCEPTED}")
     value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not math.isfinite(value) or value < 1:
-        raise ValueError(f"budget {text!r} must be at least one FLOP; write {_ACCEPTED}")
+        raise OpmixError(f"budget {text!r} must be at least one FLOP; write {_ACCEPTED}")
     return int(round(value))
 
 

@@ -34,6 +34,7 @@ from operators.convnext import PatchDown
 from operators.repvgg import repvgg
 
 from .arch import STEM_TYPES, Arch, StageArch
+from .errors import OpmixError
 
 __all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
            "stem_kind", "STEMS", "DOWNSAMPLERS", "SMALL_IMAGE"]
@@ -93,7 +94,7 @@ STEMS = {"conv7_pool": stem_conv7_pool, "patch4": stem_patch4, "conv3x2": stem_c
 
 def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
     if kind not in STEMS:
-        raise ValueError(f"unknown stem type {kind!r}; known: {', '.join(STEMS)}")
+        raise OpmixError(f"unknown stem type {kind!r}; known: {', '.join(STEMS)}")
     return STEMS[kind](in_chs, width)
 
 
@@ -187,7 +188,7 @@ def scale_width(width: int, mult: float, op: str | None = None, params: dict | N
     for c in candidates:
         if op is None or _buildable(op, c, params or {}):
             return c
-    raise ValueError(f"no width near {target:.0f} suits {op} with {params}; pick another width_mult")
+    raise OpmixError(f"no width near {target:.0f} suits {op} with {params}; pick another width_mult")
 
 
 def stage_blocks(stage: StageArch, in_chs: int, width: int, depth: int | None = None) -> list[nn.Module]:
@@ -201,7 +202,7 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
           input_size: int | None = None) -> OpmixNet:
     """The network of ``arch``; with the keyword arguments, its proxy (see the module docstring)."""
     if not width_mult > 0:
-        raise ValueError(f"width_mult={width_mult!r} must be > 0 (1.0 builds the full-size network)")
+        raise OpmixError(f"width_mult={width_mult!r} must be > 0 (1.0 builds the full-size network)")
     in_chans = in_chans or arch.in_chans
     size = input_size or arch.input_size
     stem_width = scale_width(arch.stem.width, width_mult)

@@ -18,8 +18,9 @@ The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a fi
 still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
 object) and writes ``pareto.csv``, ``pareto.json`` and ``pareto.png`` into the run directory. Given several
 runs it does that for each, prints a one-line-per-run comparison, and plots the fronts together
-(``pareto-compare.png`` beside the first run, or ``--plot``). The run's
-Optuna study is in ``study.db``; ``optuna-dashboard sqlite:///runs/NAME/study.db`` browses it.
+(``pareto-compare.png`` beside the first run, or ``--plot``). The run's Optuna study is ``study_name`` in
+``config.yaml``, in its ``storage`` (``study.db`` when that is empty: ``optuna-dashboard
+sqlite:///runs/NAME/study.db`` browses it; ``optuna.load_study(study_name=..., storage=...)`` loads it).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from . import _cli
-from ._run import STATUSES, RunDir, atomic_write
+from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, trial_label
+from .errors import OpmixError
 
-__all__ = ["pareto_mask", "hypervolume", "noise_level", "analyze", "arch_line", "front_table", "confirmed_lines",
+__all__ = ["pareto_mask", "hypervolume", "noise_level", "analyze", "front_table", "confirmed_lines",
            "noise_statement", "write_outputs", "plot_front", "plot_compare"]
 
 PROG = "python -m nas.pareto"
@@ -51,7 +53,7 @@ def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...] = (True, False)) 
     """
     pts = np.asarray(points, dtype=float)
     if pts.ndim != 2 or pts.shape[1] != len(maximize):
-        raise ValueError(f"points of shape {pts.shape} do not match {len(maximize)} objectives")
+        raise OpmixError(f"points of shape {pts.shape} do not match {len(maximize)} objectives")
     signs = np.where(np.asarray(maximize), -1.0, 1.0)  # turn every objective into 'smaller is better'
     costs = pts * signs
     valid = ~np.isnan(costs).any(axis=1)
@@ -148,21 +150,12 @@ def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
             "hypervolume": hypervolume(pts[:, 0], pts[:, 1], budget)}
 
 
-def arch_line(arch: dict[str, Any]) -> str:
-    """One compact line per architecture: per stage, op x depth and width."""
-    return " | ".join(f"{s['op']} x{s['depth']} {s['width']}" for s in arch["stages"])
-
-
-def trial_name(record: dict[str, Any]) -> str:
-    return f"ref {record['reference']}" if record.get("reference") else str(record["trial_id"])
-
-
 def front_table(analysis: dict[str, Any]) -> list[str]:
     """The front as text lines: '*' marks the recommended pick, references are named."""
     lines = [f"  {'trial':>18s} {'accuracy':>9s} {'GFLOPs':>7s} {'params':>8s}  architecture (op xdepth width)"]
     for r in analysis["front"]:
         mark = "*" if r is analysis["best"] else " "
-        lines.append(f"{mark} {trial_name(r):>18s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.3f} "
+        lines.append(f"{mark} {trial_label(r):>18s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.3f} "
                      f"{r['params'] / 1e6:7.2f}M  {arch_line(r['arch'])}")
     return lines
 
@@ -185,13 +178,13 @@ def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
     for e in entries:
         mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
         r = e["record"]
-        lines.append(f"{mark} {trial_name(r):>18s} {_mean_sd(e):>16s} {len(e['seeds']):5d} {r['accuracy']:7.4f} "
+        lines.append(f"{mark} {trial_label(r):>18s} {_mean_sd(e):>16s} {len(e['seeds']):5d} {r['accuracy']:7.4f} "
                      f"{r['flops'] / 1e9:7.3f}  {arch_line(r['arch'])}")
     return lines + textwrap.wrap(noise_statement(analysis), 118, initial_indent="  ", subsequent_indent="  ")
 
 
 def _names(entries: list[dict[str, Any]]) -> str:
-    names = [trial_name(e) if e.get("reference") else f"trial {e['trial_id']}" for e in entries]
+    names = [trial_label(e) for e in entries]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -278,7 +271,7 @@ def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path)
     if best is not None:
         y = analysis["pick"]["mean"] if analysis["pick"] else best["accuracy"]
         ax.scatter([best["flops"] / 1e9], [y], s=220, marker="*", color="tab:orange", zorder=5,
-                   edgecolor="black", linewidth=0.6, label=f"recommended: {trial_name(best)}")
+                   edgecolor="black", linewidth=0.6, label=f"recommended: {trial_label(best)}")
     for r in done:
         if r.get("reference"):
             ax.annotate(r["reference"], (r["flops"] / 1e9, r["accuracy"]), textcoords="offset points",
@@ -344,20 +337,6 @@ def plot_compare(runs: list[tuple[RunDir, dict[str, Any], float]], path: Path) -
         ax.axvline(budget / 1e9, color="tab:red", ls="--", lw=1, label=f"budget {budget / 1e9:g} GFLOPs")
     ax.set_title(f"{len(runs)} runs: Pareto fronts (stars: each run's recommended pick)", fontsize=9)
     return _finish(fig, ax, widest, path)
-
-
-def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, Any]]]:
-    """The run at ``path``: its directory, configuration and trial records (one-line errors otherwise)."""
-    run = RunDir(path)
-    if not run.path.is_dir():
-        raise ValueError(f"{run.path}: no such run folder; pass runs/NAME as python -m nas.search made it")
-    if not run.exists():
-        raise ValueError(f"{run.path}: not a run folder (no config.yaml); pass runs/NAME as python -m nas.search "
-                         f"made it")
-    config = run.read_config()
-    if not isinstance(config.get("budget"), (int, float)):
-        raise ValueError(f"{run.config}: has no numeric 'budget'; was it written by python -m nas.search?")
-    return run, config, run.read_trials()
 
 
 def _parser() -> _cli.Parser:

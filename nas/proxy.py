@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import STEM_TYPES, Arch
+from .errors import OpmixError
 
 __all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "resize_data", "WARMUP_EPOCHS"]
 
@@ -66,7 +67,7 @@ class ProxySettings:
             problems.append(f"grace_period={self.grace_period} falls inside the {WARMUP_EPOCHS}-epoch warm-up; "
                             f"use at least {WARMUP_EPOCHS + 1}")
         if problems:
-            raise ValueError("proxy settings: " + "; ".join(problems))
+            raise OpmixError("proxy settings: " + "; ".join(problems))
 
     @classmethod
     def from_mapping(cls, data: Any, where: str = "proxy settings", base: ProxySettings | None = None
@@ -76,11 +77,11 @@ class ProxySettings:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: is {data!r}; write a mapping of knobs such as {{max_train: 512, epochs: 2}}")
+            raise OpmixError(f"{where}: is {data!r}; write a mapping of knobs such as {{max_train: 512, epochs: 2}}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"{where}: unknown knob(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+            raise OpmixError(f"{where}: unknown knob(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
         values = {}
         for name, value in data.items():
             kind = {"max_train": int, "image_size": int, "epochs": int, "batch_size": int, "grace_period": int,
@@ -91,13 +92,13 @@ class ProxySettings:
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value, ok = float(value), True
             if not ok:
-                raise ValueError(f"{where}.{name}: is {value!r}; write {'null or ' if nullable else ''}"
+                raise OpmixError(f"{where}.{name}: is {value!r}; write {'null or ' if nullable else ''}"
                                  f"{'true/false' if kind is bool else 'a number' if kind is float else 'an integer'}")
             values[name] = value
         try:
             return dataclasses.replace(base, **values)
         except ValueError as exc:
-            raise ValueError(f"{where}: {str(exc).removeprefix('proxy settings: ')}") from None
+            raise OpmixError(f"{where}: {str(exc).removeprefix('proxy settings: ')}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,7 +190,7 @@ def train_arch(arch: Arch, data, settings: ProxySettings = ProxySettings(), *, s
     from .train import TrainConfig, train_proxy
 
     if settings.image_size is not None and settings.image_size != data.image_size:
-        raise ValueError(f"the data is {data.image_size} px but the proxy wants {settings.image_size} px; "
+        raise OpmixError(f"the data is {data.image_size} px but the proxy wants {settings.image_size} px; "
                          f"pass resize_data(data, {settings.image_size})")
     if threads:
         torch.set_num_threads(threads)

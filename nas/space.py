@@ -23,6 +23,7 @@ from typing import Any
 
 from .arch import (DOWNSAMPLE_TYPES, HEAD_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
                    _Reader, dump_arch, load_arch, read_yaml)
+from .errors import UnknownNameError
 
 __all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
            "list_references", "load_reference", "Arch", "load_arch", "dump_arch"]
@@ -240,7 +241,7 @@ def list_references() -> list[str]:
 def load_reference(name: str) -> Arch:
     path = _builtin("references") / f"{name}.yaml"
     if not path.is_file():
-        raise KeyError(f"unknown reference {name!r}; known references: {', '.join(list_references())}")
+        raise UnknownNameError(f"unknown reference {name!r}; known references: {', '.join(list_references())}")
     return load_arch(path)
 
 
@@ -441,14 +442,16 @@ def summarize(space: Space) -> dict[str, Any]:
 
 
 def _main(argv: list[str] | None) -> int:
-    from . import _cli
+    from . import _cli, plugins
     from .flops import format_flops
 
     parser = _cli.Parser(prog="python -m nas.space", description="Summarize a search space: how many "
                          "architectures, the FLOPs of the smallest and largest, which references it contains.")
     parser.add_argument("space", help=f"a space YAML file or a built-in name ({', '.join(list_spaces())})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    plugins.add_import_flag(parser)
     args = parser.parse_args(argv)
+    plugins.import_modules(args.imports)
     space = load_space(args.space)
     if args.json:
         import json
@@ -473,7 +476,11 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     from ._cli import run
 
-    run("python -m nas.space", _main)
+    run("python -m nas.space", _main, argv)
+
+
+if __name__ == "__main__":
+    main()

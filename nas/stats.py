@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import OpmixError
+
 __all__ = ["kendall_tau_b", "spearman_rho", "top_k_overlap", "bootstrap_interval", "permutation_p"]
 
 Stat = Callable[[np.ndarray, np.ndarray], float]
@@ -34,9 +36,9 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     """Two equally long 1-D float arrays without NaN; a ValueError that says which rule was broken."""
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if a.ndim != 1 or b.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"expected two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}")
+        raise OpmixError(f"expected two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}")
     if np.isnan(a).any() or np.isnan(b).any():
-        raise ValueError("the inputs hold NaN; drop those architectures (or give them -inf) before ranking")
+        raise OpmixError("the inputs hold NaN; drop those architectures (or give them -inf) before ranking")
     return a, b
 
 
@@ -94,7 +96,7 @@ def top_k_overlap(score, reference, k: int) -> int:
     """
     a, b = _pair(score, reference)
     if not 1 <= k <= len(a):
-        raise ValueError(f"k={k!r} must be between 1 and the number of architectures ({len(a)})")
+        raise OpmixError(f"k={k!r} must be between 1 and the number of architectures ({len(a)})")
     top_a = np.argsort(-a, kind="stable")[:k]
     top_b = np.argsort(-b, kind="stable")[:k]
     return int(len(np.intersect1d(top_a, top_b)))
@@ -109,9 +111,9 @@ def bootstrap_interval(stat: Stat, x, y, *, level: float = 0.90, resamples: int 
     """
     a, b = _pair(x, y)
     if not 0 < level < 1:
-        raise ValueError(f"level={level!r} must be in (0, 1), e.g. 0.90 for a 90 % interval")
+        raise OpmixError(f"level={level!r} must be in (0, 1), e.g. 0.90 for a 90 % interval")
     if resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be at least 1")
+        raise OpmixError(f"resamples={resamples!r} must be at least 1")
     if len(a) == 0:
         return float("nan"), float("nan")
     idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))

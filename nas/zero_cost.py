@@ -56,6 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .errors import OpmixError, UnknownNameError
+
 __all__ = ["synflow", "snip", "naswot", "zico", "score_all", "SCORES"]
 
 SCORES = ("synflow", "snip", "naswot", "zico")
@@ -165,7 +167,7 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad(), _mode(model, True), _hooks(model, _RELU_FAMILY, count) as hooked:
         if not hooked:
             names = ", ".join(t.__name__ for t in _RELU_FAMILY)
-            raise ValueError(f"naswot needs activation modules ({names}); {type(model).__name__} has none")
+            raise OpmixError(f"naswot needs activation modules ({names}); {type(model).__name__} has none")
         functional_call(model, _copy_state(model, grad=False), (x,))
     sign, logabsdet = torch.linalg.slogdet(kernel)
     return -math.inf if sign == 0 else float(logabsdet)
@@ -179,7 +181,7 @@ def zico(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: int = 2) ->
     the log per layer keeps one huge layer from dominating.
     """
     if not 2 <= splits <= len(x):
-        raise ValueError(f"splits={splits!r} must be at least 2 and at most the batch size ({len(x)})")
+        raise OpmixError(f"splits={splits!r} must be at least 2 and at most the batch size ({len(x)})")
     state = _copy_state(model)
     per_split: dict[str, list[torch.Tensor]] = {}
     with _mode(model, True):
@@ -210,7 +212,7 @@ def score_all(model_factory: Callable[[], nn.Module], data_batch: tuple[torch.Te
     """
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
-        raise KeyError(f"unknown zero-cost score(s) {unknown}; known: {', '.join(SCORES)}")
+        raise UnknownNameError(f"unknown zero-cost score(s) {unknown}; known: {', '.join(SCORES)}")
     x, y = data_batch
     compute = {
         "synflow": lambda m: synflow(m, (1, *x.shape[1:])),

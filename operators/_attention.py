@@ -70,9 +70,19 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, N, d) -> (B, N, heads * d)."""
+    """(B, heads, N, d) -> (B, N, heads * d).
+
+    The transposed heads are copied into a fresh contiguous tensor (``clone``) before the view, where a plain
+    ``reshape`` would decide between a view and a copy from the strides of ``x``. On an attention output
+    those strides depend on the kernel: the ONNX exporter's decomposition of ``scaled_dot_product_attention``
+    gives other strides than the ones the graph was traced with, and the ``reshape`` traced as a view then
+    fails ("Cannot view a tensor with shape ... and strides ..."; pytorch/pytorch#141107, #139508). ``clone``
+    is recorded in the graph whatever the strides. The values are the same; so is the cost on the CPU, where
+    the transposed output is not contiguous and ``reshape`` copied it too (a kernel that returns it
+    contiguous, as some CUDA ones do, pays one extra copy of the attention output).
+    """
     b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
+    return x.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(b, n, h * d)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,

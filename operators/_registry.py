@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from nas.errors import OpmixError, UnknownNameError
+
 OpFactory = Callable[..., nn.Module]
 
 
@@ -52,9 +54,9 @@ def register_op(
 ) -> OpFactory:
     """Add an operator to the catalog. Re-registering a name is refused, so two files cannot collide."""
     if name in _OPS:
-        raise ValueError(f"operator {name!r} is already registered; pick another name")
+        raise OpmixError(f"operator {name!r} is already registered; pick another name")
     if family not in _FAMILIES:
-        raise ValueError(f"operator {name!r}: family {family!r} is not one of {', '.join(_FAMILIES)}")
+        raise OpmixError(f"operator {name!r}: family {family!r} is not one of {', '.join(_FAMILIES)}")
     _OPS[name] = OpSpec(name, factory, paper, family, tuple(variants), tuple(alternate), tuple(extents))
     return factory
 
@@ -63,7 +65,7 @@ def get_spec(name: str) -> OpSpec:
     try:
         return _OPS[name]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown operator {name!r}; known operators: {', '.join(sorted(_OPS))}"
         ) from None
 
@@ -77,8 +79,8 @@ def create_op(name: str, in_chs: int, out_chs: int, stride: int = 1, **kwargs: A
     """Build operator ``name`` mapping (N, in_chs, H, W) to (N, out_chs, ceil(H/stride), ceil(W/stride))."""
     spec = get_spec(name)
     if stride not in (1, 2):
-        raise ValueError(f"operator {name!r}: stride {stride!r} is not allowed; use 1 or 2")
+        raise OpmixError(f"operator {name!r}: stride {stride!r} is not allowed; use 1 or 2")
     for what, value in (("in_chs", in_chs), ("out_chs", out_chs)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"operator {name!r}: {what}={value!r} must be a positive integer")
+            raise OpmixError(f"operator {name!r}: {what}={value!r} must be a positive integer")
     return spec.factory(in_chs, out_chs, stride=stride, **kwargs)

@@ -2,8 +2,9 @@
 
 depthwise 7x7 -> LayerNorm -> 1x1 (4x) -> GELU -> 1x1 -> layer scale (init 1e-6) -> + x. When the stride or
 width changes, the block starts with ConvNeXt's own downsampling layer, LayerNorm + 2x2 stride-2 conv (odd
-maps are zero-padded on the bottom/right so the output is ceil(H/2)); at stride 1 with a width change the
-conv is 1x1. Drop-path is left to the trainer (off by default here, as for a proxy).
+maps are zero-padded on the bottom/right so the output is ceil(H/2); ``PatchDown`` at stride s pads to a
+multiple of s, so ceil(H/s)); at stride 1 with a width change the conv is 1x1. Drop-path is left to the
+trainer (off by default here, as for a proxy).
 
 Re-parameterization: the layer scale folds into the last 1x1 conv. There is no BatchNorm to fold.
 
@@ -22,7 +23,9 @@ from ._registry import register_op
 
 
 class PatchDown(nn.Module):
-    """LayerNorm then a stride x stride conv with stride ``stride`` (ConvNeXt's downsampling layer)."""
+    """LayerNorm then a stride x stride conv with stride ``stride`` (ConvNeXt's downsampling layer): (N, in, H, W)
+    -> (N, out, ceil(H/stride), ceil(W/stride)), the normalized map zero-padded on the bottom/right to a
+    multiple of the stride first (as ``nas.network.PatchEmbed``)."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int):
         super().__init__()
@@ -34,7 +37,8 @@ class PatchDown(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         if self.stride > 1:
-            x = F.pad(x, (0, x.shape[-1] % self.stride, 0, x.shape[-2] % self.stride))
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))
         return self.conv(x)
 
 

@@ -151,8 +151,11 @@ def test_search_order(tmp_path, monkeypatch):
     assert picked() == (env, 12, str(env))
     monkeypatch.setenv("OPMIX_DATA", str(env))  # the folder itself
     assert picked() == (env, 12, str(env))
-    monkeypatch.setenv("OPMIX_DATA", str(tmp_path / "empty"))  # set but without the files: next in line
-    assert picked() == (system, 13, str(system))
+    monkeypatch.setenv("OPMIX_DATA", str(tmp_path / "empty"))  # set but without the files: an error, no fallback
+    with pytest.raises(data.DataError) as excinfo:
+        picked()
+    assert_one_line_error(excinfo, "$OPMIX_DATA=", str(tmp_path / "empty"), "unset OPMIX_DATA")
+    assert picked(given) == (given, 11, str(given))  # a data_dir given still wins over it
     monkeypatch.delenv("OPMIX_DATA")
     assert picked() == (system, 13, str(system))
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")

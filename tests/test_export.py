@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 
 import operators
 from nas._codegen import standalone_source
-from nas._run import RunDir
+from nas.rundir import RunDir
 from nas.arch import STEM_TYPES, Arch, load_arch
 from nas.export import INIT_SEED, _import_file, _randomize_bn
 from nas.network import build
-from nas.search import _measure
+from nas.flops import measure_arch
 
 ARCH = {"input": {"channels": 3, "size": 224, "classes": 10}, "stem": {"type": "conv3x2", "width": 16},
         "stages": [{"op": "swin", "width": 32, "depth": 2, "stride": 2, "params": {"window": 7}},
@@ -32,7 +32,7 @@ BUDGET = 400_000_000
 
 
 def _record(trial_id, status, arch, accuracy):
-    flops, params = _measure(Arch.from_dict(arch))  # the search's own measurement
+    flops, params = measure_arch(Arch.from_dict(arch))  # the search's own measurement
     return {"trial_id": trial_id, "status": status, "flops": flops, "params": params, "accuracy": accuracy,
             "epochs": 2, "accuracies": [accuracy], "arch": arch, "reference": None, "error": None, "note": None}
 
@@ -92,7 +92,7 @@ def test_export_picks_the_recommended_trial_and_writes_everything(exported):
     for name in ("model.py", "README.md", "deploy/model.pt2"):
         assert (exported / name).is_file(), name
     readme = (exported / "README.md").read_text()
-    flops, params = _measure(Arch.from_dict(ARCH))
+    flops, params = measure_arch(Arch.from_dict(ARCH))
     assert f"{flops / 1e9:.3f} G" in readme and f"{params / 1e6:.2f} M" in readme and "0.7000" in readme
     assert not list(exported.parent.glob(".export.tmp-*"))  # the temporary folder is gone
 
@@ -293,3 +293,80 @@ def test_a_failed_self_check_is_an_error_and_writes_nothing(tmp_path):
     assert result.returncode == 1 and "self-check failed" in result.stderr and "FLOPs" in result.stderr
     assert not (run.path / "export").exists()
     assert json.loads(run.trials.read_text())["flops"] == record["flops"]
+
+
+# --- ONNX conversion failures and --no-onnx -----------------------------------------------------------------------
+
+SMALL = {"input": {"channels": 3, "size": 224, "classes": 10}, "stem": {"type": "patch4", "width": 16},
+         "stages": [{"op": "repvgg", "width": 16, "depth": 1, "stride": 1},
+                    {"op": "swin", "width": 32, "depth": 1, "stride": 2}],
+         "head": {"type": "norm_pool_linear"}}
+
+
+def _onnx_installed() -> bool:
+    from nas.export import onnx_available
+
+    return onnx_available()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    run = RunDir(tmp_path_factory.mktemp("export-onnx") / "run")
+    run.write_config({"budget": BUDGET})
+    run.append_trial(_record(0, "completed", SMALL, 0.5))
+    return run.path
+
+
+def _failing_on_swin(real):
+    """torch.onnx.export that fails, as the exporter did, on any module holding Swin's window attention."""
+    def export(model, *args, **kwargs):
+        if any(type(m).__name__ == "WindowAttention" for m in model.modules()):
+            try:
+                raise ValueError("Cannot view a tensor with shape torch.Size([16*s77, 49, 10, 32]) and strides "
+                                 "(15680, 32, 1568, 1) as a tensor with shape (16*s77, 49, 320)!")
+            except ValueError as exc:
+                raise RuntimeError("Failed to decompose the FX graph for ONNX compatibility.\n"
+                                   + "a long report\n" * 200) from exc
+        return real(model, *args, **kwargs)
+    return export
+
+
+@pytest.mark.skipif(not _onnx_installed(),
+                    reason="onnx, onnxscript or onnxruntime missing: pip install 'opmix[export]'")
+def test_onnx_conversion_failure_is_one_line_exit_2(small_run, tmp_path, monkeypatch, capsys):
+    """The failure names the stage and operator that do not convert and the way out; nothing is written, and
+    an output that --force would replace is left as it was."""
+    from nas.export import main
+
+    monkeypatch.setattr(torch.onnx, "export", _failing_on_swin(torch.onnx.export))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        main([str(small_run), "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "stage 2 (swin)" in err and "repvgg" not in err and "Cannot view a tensor" in err, err
+    assert "--no-onnx" in err and "nothing was written" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+
+
+def test_no_onnx_writes_everything_but_the_onnx_file(small_run, tmp_path, monkeypatch, capsys):
+    from nas.export import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.onnx.export was called with --no-onnx")
+
+    monkeypatch.setattr(torch.onnx, "export", never)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main([str(small_run), "--out", str(out), "--no-onnx"])
+    captured = capsys.readouterr()
+    assert stop.value.code == 0, captured.err
+    assert "model.onnx skipped (--no-onnx)" in captured.out
+    for name in ("model.py", "arch.yaml", "README.md", "deploy/model.pt2"):
+        assert (out / name).is_file(), name
+    assert not (out / "deploy" / "model.onnx").exists()
+    assert "exported with `--no-onnx`" in (out / "README.md").read_text()

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from nas._run import RunDir
+from nas.rundir import RunDir
 from nas.pareto import analyze, hypervolume, pareto_mask
 
 NAN = float("nan")
@@ -100,7 +100,8 @@ def test_analyze_keeps_stopped_infeasible_failed_off_the_front():
     a = analyze(RECORDS, 4e9)
     assert [r["trial_id"] for r in a["front"]] == [0, 1, 7, 6]
     assert a["best"]["trial_id"] == 1  # 0.80 at 2 G; 7 ties it exactly and comes later
-    assert a["by_status"] == {"completed": 6, "stopped": 1, "infeasible": 1, "failed": 1, "confirmed": 0}
+    assert a["by_status"] == {"completed": 6, "stopped": 1, "infeasible": 1, "failed": 1, "interrupted": 0,
+                             "confirmed": 0}
     assert a["hypervolume"] == pytest.approx(0.70 * 0.75 + 0.10 * 0.5)
 
 
@@ -136,7 +137,7 @@ def test_cli_table_files_and_json(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     rows = [line for line in lines if "convnext x2 64" in line]
-    assert [row.split()[1 if row.startswith("*") else 0] for row in rows] == ["0", "1", "7", "6"]
+    assert [row.split()[2 if row.startswith("*") else 1] for row in rows] == ["0", "1", "7", "6"]
     assert sum(row.startswith("*") for row in rows) == 1 and rows[1].startswith("*")
     assert "6 completed, 1 stopped early, 1 rejected for the budget, 1 failed" in result.stdout
     assert f"hypervolume {0.70 * 0.75 + 0.10 * 0.5:.4f}" in result.stdout
@@ -307,7 +308,7 @@ def test_cli_shows_confirmed_means_and_marks(tmp_path):
     run = make_run(tmp_path / "run", CONFIRMED)
     result = pareto_cli(run.path)
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[1 if line[0] in "*~" else 0]: line for line in result.stdout.splitlines()
+    rows = {line.split()[2 if line[0] in "*~" else 1]: line for line in result.stdout.splitlines()
             if "±" in line and "convnext" in line}
     assert rows["1"].startswith("*") and "0.8100 ± 0.0141" in rows["1"]
     assert rows["2"].startswith("~") and "0.7950 ± 0.0071" in rows["2"]

@@ -1,10 +1,10 @@
-"""nas._run: the run folder's JSON-lines records survive a crash mid-write."""
+"""nas.rundir: the run folder's JSON-lines records survive a crash mid-write."""
 
 from __future__ import annotations
 
 import pytest
 
-from nas._run import RunDir
+from nas.rundir import RunDir
 
 
 def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):

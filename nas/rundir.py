@@ -1,13 +1,20 @@
-"""The run directory, ``runs/<name>/``: what one search leaves behind, written so a crash loses nothing.
+"""The run folder, ``runs/<name>/``: the format that search, calibrate, pareto, export, the tests and the
+benchmarks share. ``RunDir`` names its files, ``load_run`` reads one (with one-line errors), and every file is
+written by ``atomic_write`` (whole files) or ``append_jsonl`` (records), so a crash loses nothing.
 
 - ``config.yaml``: the resolved configuration (space file and its contents' name, budget, dataset, sampler,
-  seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run;
+  seed, trials, epochs, proxy and trainer settings): everything needed to reproduce or resume the run, with
+  ``storage`` and ``study_name``, the run's own Optuna study (unique, so runs can share one database);
 - ``space.yaml``: a copy of the space file, which a resumed run searches even if the original changed;
 - ``study.db``: the Optuna study (SQLite) unless ``--storage`` names another database;
 - ``ray/session-K/``: the Ray Tune experiment of the K-th session of the run (a resumed run adds one), and
   ``ray/session-K-confirm/`` that of its confirmation rung;
 - ``trials.jsonl``: one JSON object per candidate, and per confirmation training (``status: confirmed``),
-  appended (and fsync'ed) as each one ends;
+  appended (and fsync'ed) as each one ends. A candidate's ``status``: ``completed`` (all epochs),
+  ``stopped`` (by ASHA), ``failed`` (its ``error`` says why), ``infeasible`` (over the budget or against a
+  constraint of the space: never trained; ``flops`` is null when a constraint refused it before counting)
+  or ``interrupted`` (cut off by the time budget, Ctrl-C or a crash: no result; ``--resume`` trains it
+  again, and a later record of the same network follows);
 - ``search.log``: the progress lines of every session.
 """
 
@@ -21,9 +28,11 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunDir", "STATUSES", "atomic_write", "append_jsonl", "read_jsonl"]
+from .errors import OpmixError
 
-STATUSES = ("completed", "stopped", "infeasible", "failed", "confirmed")
+__all__ = ["RunDir", "STATUSES", "load_run", "trial_label", "arch_line", "atomic_write", "append_jsonl", "read_jsonl"]
+
+STATUSES = ("completed", "stopped", "infeasible", "failed", "interrupted", "confirmed")
 
 
 class RunDir:
@@ -47,9 +56,9 @@ class RunDir:
         try:
             data = yaml.safe_load(self.config.read_text())
         except OSError as exc:
-            raise ValueError(f"{self.config}: cannot be read ({exc.strerror}); is {self.path} a run folder?") from None
+            raise OpmixError(f"{self.config}: cannot be read ({exc.strerror}); is {self.path} a run folder?") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{self.config}: is not a run configuration; is {self.path} a run folder?")
+            raise OpmixError(f"{self.config}: is not a run configuration; is {self.path} a run folder?")
         return data
 
     def append_trial(self, record: dict[str, Any]) -> None:
@@ -66,6 +75,36 @@ class RunDir:
         while (self.ray / f"session-{k}").exists() or (self.ray / f"session-{k}-confirm").exists():
             k += 1
         return f"session-{k}"
+
+
+def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, Any]]]:
+    """The run at ``path``: its directory, configuration and trial records (one-line errors otherwise)."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise OpmixError(f"{run.path}: no such run folder; pass runs/NAME as python -m nas.search made it")
+    if not run.exists():
+        raise OpmixError(f"{run.path}: not a run folder (no config.yaml); pass runs/NAME as python -m nas.search "
+                         f"made it")
+    config = run.read_config()
+    if not isinstance(config.get("budget"), (int, float)):
+        raise OpmixError(f"{run.config}: has no numeric 'budget'; was it written by python -m nas.search?")
+    return run, config, run.read_trials()
+
+
+def trial_label(record: dict[str, Any]) -> str:
+    """How every command names a trial: 'ref NAME' for a reference, else 'trial N' (a record's ``trial_id``,
+    a confirmation's ``confirms``, or a Ray trial config's ``candidate``)."""
+    if record.get("reference"):
+        return f"ref {record['reference']}"
+    for key in ("confirms", "candidate", "trial_id"):
+        if record.get(key) is not None:
+            return f"trial {record[key]}"
+    return "trial ?"
+
+
+def arch_line(arch: dict[str, Any]) -> str:
+    """One compact line per architecture: per stage, op x depth and width."""
+    return " | ".join(f"{s['op']} x{s['depth']} {s['width']}" for s in arch["stages"])
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -1,0 +1,388 @@
+"""The search loop: Optuna proposes, ``nas._searcher`` filters by the budget, Ray Tune trains the proxies.
+
+``search(config, run=...)`` runs (or continues) one search into a run folder (``nas.rundir``); the command
+line (``nas.search``) and the printed summary (``nas._summary``) sit around it.
+
+Optuna's multi-objective samplers (TPE by default, NSGA-II, random) propose architectures through a Ray Tune
+searcher (``nas._searcher.BudgetSearcher``); each one's full-size FLOPs are counted before any training and
+a candidate over the budget is recorded ``infeasible`` and never trained. Feasible candidates train as
+proxies (``nas.proxy.train_arch``) in Ray Tune trials, cut short by ASHA when they trail. Then the
+confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher fidelity with two
+seeds each. With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation.
+
+The study is the run's own: its name (``study_name`` in ``config.yaml``) is unique to the run, so several
+runs can share one ``--storage`` database without mixing.
+
+Failures. A trial that raises (a build error, a NaN loss, out of memory) would raise again: the trial
+function catches it and reports it as the trial's last result, so Ray does not retry it and the searcher
+records it ``failed``. Only a trial whose worker is lost (a node that dies, a killed process) is retried,
+once, by Ray (``FailureConfig(max_failures=1)``).
+
+Interruptions. A trial cut off by the time budget, Ctrl-C or a crash of the driver is ``interrupted``: it
+does not count as trained, and its candidate is put back into the study (``enqueue_trial``) so that
+``--resume`` trains it first. ``--resume`` also fails in the study the trials a killed driver left RUNNING,
+and puts them back the same way; it reseeds the sampler past the trials it has seen (a recreated seeded
+sampler would otherwise repeat its first proposals) and starts a new Ray Tune session under ``ray/session-K``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ._confirm import CONFIRM_SHARE, confirm_settings
+from .arch import Arch
+from .errors import OpmixError
+from .flops import format_flops, measure_arch
+from .proxy import ProxySettings
+from .rundir import RunDir, trial_label
+
+__all__ = ["SearchConfig", "search", "check_resources", "make_sampler", "trainable"]
+
+TRAINED = ("completed", "stopped", "failed")  # statuses of a candidate that has had its training
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a run; written to ``config.yaml`` and fixed for the run's life."""
+
+    budget: int
+    space: str = "hybrid"
+    trials: int = 20
+    epochs: int = 4
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    width_mult: float = 0.25
+    max_train: int = 1536
+    batch_size: int = 64
+    image_size: int | None = None
+    lr: float = 3e-3
+    grace_period: int = 2
+    scale_windows: bool = True
+    early_stop: bool = True
+    seed_references: bool = False
+    confirm: int = 3  # candidates the confirmation rung retrains; 0: none
+    confirm_max_train: int | None = None  # images per epoch of a confirmation; set when the run starts
+
+    # what --resume may not change
+    FIXED = ("budget", "space", "dataset", "data_dir", "sampler", "seed", "epochs", "width_mult", "max_train",
+             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop", "confirm_max_train")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
+        """The configuration in a run's ``config.yaml`` (its other keys, such as ``storage``, left out)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @property
+    def proxy(self) -> ProxySettings:
+        return ProxySettings(max_train=self.max_train, epochs=self.epochs, width_mult=self.width_mult,
+                             image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
+                             grace_period=min(self.grace_period, self.epochs), scale_windows=self.scale_windows)
+
+    @property
+    def confirmation(self) -> ProxySettings:
+        """The confirmation rung's training (``nas._confirm.confirm_settings``)."""
+        return confirm_settings(self.proxy, self.confirm_max_train)
+
+def make_sampler(name: str, seed: int, trials: int):
+    import optuna
+
+    # Both read the budget constraint that the searcher sets on each trial (Trial.set_constraint).
+    if name == "tpe":  # group=True: the space is conditional (each operator has its own parameters);
+        # constant_liar: parallel slots do not propose the same point while their trials run
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=max(4, min(10, trials // 2)))
+    if name == "nsga2":  # the default population of 50 would make a small search pure random sampling
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def trainable(config: dict[str, Any], data=None, proxy: ProxySettings = ProxySettings(), seed: int = 0,
+              imports: tuple[str, ...] = ()) -> None:
+    """One Ray Tune trial: train the candidate's proxy from ``seed`` under ``proxy`` (the search's settings, or the
+    confirmation's), reporting accuracy after each epoch. Its result depends on (architecture, seed, settings)
+    and the trial's thread count only. An exception (it would happen again: a build error, a NaN loss, out of
+    memory) ends the trial with a last result that carries its ``error`` instead of failing the Ray trial, so
+    Ray retries only trials whose worker was lost. ``imports``: the run's plug-in operator modules."""
+    import ray
+    from ray import tune
+
+    from .plugins import import_modules
+    from .proxy import train_arch
+
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    node = ray.get_runtime_context().get_node_id()
+    t0 = time.perf_counter()
+
+    def report(epoch: int, accuracy: float, loss: float) -> None:
+        tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch, "node": node,
+                     "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9})
+
+    try:
+        import_modules(imports)
+        train_arch(Arch.from_dict(config["arch"]), data, proxy, seed=seed, threads=threads, report=report)
+    except Exception as exc:  # noqa: BLE001 -- every failure of the training itself is the trial's result
+        tune.report({"error": error_line(exc), "node": node, "train_seconds": time.perf_counter() - t0,
+                     "epoch": 0, "accuracy": 0.0})
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message, at most 500 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def _progress_callback(searcher, epochs: int, log):
+    """Ray Tune's progress, trimmed to what a user needs: one line per epoch of a trial (trial, GFLOPs, stage
+    ops, epoch, accuracy), and the error of a trial that fails, recorded with it."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "error" in result:  # the searcher logs the failure
+                return
+            log(f"  {_label(trial.config)}  epoch {result.get('epoch')}/{epochs}  "
+                f"accuracy {result.get('accuracy', float('nan')):.4f}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            text = _error_text(trial)
+            if text is not None:
+                searcher.finish(trial.trial_id, error=text)
+            else:  # Ray writes the error a moment later: the driver records it when the session ends
+                searcher.errored[trial.trial_id] = trial
+
+    return Progress()
+
+
+def _label(config: dict[str, Any]) -> str:
+    from .rundir import arch_line
+
+    return f"{trial_label(config):>10s}  {config['flops'] / 1e9:5.2f} GFLOPs  {arch_line(config['arch'])}"
+
+
+def _error_text(trial) -> str | None:
+    """The last line of a failed trial's error, or None while Ray has not written it yet."""
+    sources = (lambda: trial.get_error(), lambda: Path(trial.error_file).read_text())
+    for source in sources:
+        try:
+            err = source()
+        except Exception:  # not written yet, or gone with a worker that died
+            continue
+        lines = [line for line in str(err or "").strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()[:500]
+    return None
+
+
+def _clock_log(started: float, path: Path):
+    """Print progress lines with the time since the start, and keep them in the run's search.log."""
+    def log(message: str) -> None:
+        elapsed = int(time.time() - started)
+        line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}"
+        print(line, flush=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return log
+
+
+def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: str | None = None,
+           study_name: str | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
+           gpus_per_trial: float = 0.0, time_budget_s: float | None = None, log=None, data=None,
+           imports: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run (or continue) a search into ``run``; returns the summary that ``nas._summary`` prints. The study is
+    ``study_name`` (default: the run's ``config.yaml`` ``study_name``, else ``opmix``) in ``storage`` (default:
+    the run's SQLite file). ``data`` is the loaded dataset when the caller has it already; ``imports`` are the
+    plug-in operator modules (``nas.plugins``) the workers import."""
+    import optuna
+    from ray import tune
+
+    from ._searcher import BudgetSearcher, CandidateASHA
+    from .data import load_dataset
+    from .proxy import resize_data
+    from .space import list_references, load_reference, load_space
+
+    started = time.time()
+    log = log or _clock_log(started, run.path / "search.log")
+    space = load_space(run.space if run.space.is_file() else config.space)
+    data = data or load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    log(f"opmix search '{run.path.name}': space {space.name}, budget {format_flops(config.budget)}FLOPs, "
+        f"{config.sampler} sampler, dataset {config.dataset} ({data.source}: {len(data.train_x)} train / "
+        f"{len(data.val_x)} val images)")
+
+    storage = storage or f"sqlite:///{run.study.resolve()}"
+    study_name = study_name or (run.read_config().get("study_name") if run.exists() else None) or "opmix"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    records = run.read_trials()
+    candidates = [r for r in records if "confirms" not in r]  # a confirmation is no candidate
+    trained = [r for r in candidates if r["status"] in TRAINED]
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), directions=["maximize", "minimize"],
+                                load_if_exists=resume, sampler=make_sampler(config.sampler, config.seed, config.trials))
+    if resume:
+        _close_interrupted(study, log)
+        study.sampler = make_sampler(config.sampler, config.seed + len(study.trials), config.trials)
+    references = []
+    done_refs = {r["reference"] for r in trained if r.get("reference")}
+    if config.seed_references:
+        for name in list_references():
+            arch = load_reference(name)
+            flops, _ = measure_arch(arch)
+            if flops <= config.budget and name not in done_refs:
+                references.append((name, arch))
+        log(f"  references within the budget, trained first: {', '.join(n for n, _ in references) or 'none'}")
+    remaining = config.trials - len([r for r in trained if not r.get("reference")])
+    session, resources = run.next_session(), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    proxy_budget = None if time_budget_s is None else time_budget_s * (1 - CONFIRM_SHARE if config.confirm else 1)
+    if remaining <= 0 and not references:
+        log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
+    else:
+        start_ray(address, imports)
+        searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
+                                  measure=measure_arch, references=references, history=candidates, log=log)
+        proxy = config.proxy
+        fn = tune.with_resources(
+            tune.with_parameters(trainable, data=resize_data(data, proxy.image_size), proxy=proxy, seed=config.seed,
+                                 imports=tuple(imports)),
+            resources)
+        scheduler = (CandidateASHA(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
+                                   reduction_factor=2, stopped=searcher.asha_stopped)
+                     if config.early_stop and proxy.grace_period < config.epochs else None)
+        slots = _slots(cpus_per_trial, gpus_per_trial)
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="accuracy", mode="max",
+                                        num_samples=remaining + len(references), max_concurrent_trials=slots,
+                                        time_budget_s=proxy_budget, reuse_actors=True),
+            run_config=tune.RunConfig(name=session, storage_path=str(run.ray.resolve()), verbose=0,
+                                      callbacks=[_progress_callback(searcher, config.epochs, log)],
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+        log(f"  training {remaining} candidates ({slots} at a time, {cpus_per_trial:g} CPU"
+            f"{f', {gpus_per_trial:g} GPU' if gpus_per_trial else ''} each), {config.epochs} epochs, "
+            f"ASHA {'on' if config.early_stop else 'off'}"
+            + (f"; {proxy_budget / 60:.1f} min at most, the rest of the time budget kept for confirmation"
+               if proxy_budget and config.confirm else ""))
+        try:
+            tuner.fit()
+        finally:
+            for trial_id in list(searcher.live):  # failed in Ray, or cut off (time budget, Ctrl-C, the run ends)
+                trial = searcher.errored.get(trial_id)
+                error = None if trial is None else (
+                    _error_text(trial) or f"the trial failed; its error is under {run.ray}")
+                searcher.finish(trial_id, error=error)
+    if config.confirm:
+        deadline = None if time_budget_s is None else started + time_budget_s
+        _confirm_phase(config, run=run, data=data, session=f"{session}-confirm", address=address,
+                       resources=resources, deadline=deadline, log=log, imports=tuple(imports))
+    from ._summary import summarize
+
+    return summarize(run, config, started)
+
+
+def open_storage(url: str):
+    """The Optuna storage at ``url``. Runs that start together on a fresh database (PostgreSQL) race on
+    Optuna's first CREATE TABLEs, and the losers fail on a duplicate key or table: they retry, and find the
+    tables made."""
+    import random
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.get_storage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 5:
+                raise
+            time.sleep(0.1 + random.random())
+
+
+def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
+    """Start Ray on this machine (all its CPUs), or join the cluster at ``address``; the workers find the
+    plug-in modules ``imports`` (imported here already) through their ``PYTHONPATH``."""
+    import ray
+
+    from .plugins import module_paths
+
+    if ray.is_initialized():
+        return
+    paths = module_paths(imports)
+    runtime_env = None
+    if paths:
+        path = os.pathsep.join(paths + [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else paths)
+        runtime_env = {"env_vars": {"PYTHONPATH": path}}
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             configure_logging=True, runtime_env=runtime_env, **({} if address else {"num_cpus": os.cpu_count()}))
+
+
+def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
+                   resources: dict[str, float], deadline: float | None, log, imports: tuple[str, ...] = ()) -> None:
+    """The confirmation rung (``nas._confirm``): the jobs without a record, until ``deadline``."""
+    from ._confirm import confirm, confirm_jobs
+
+    jobs = confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
+                        seed=config.seed)
+    left = None if deadline is None else deadline - time.time()
+    resume = f"continue with --resume --name {run.path.name}"
+    if not jobs:
+        log("  confirmation: nothing left to confirm")
+        return
+    if left is not None and left < 10:
+        log(f"  no time left for the {len(jobs)} confirmation training(s); {resume}")
+        return
+    start_ray(address, imports)
+    settings, slots = config.confirmation, _slots(resources["cpu"], resources["gpu"])
+    log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
+        f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and {config.seed + 1}, "
+        f"{slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
+    done = confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=slots,
+                   time_budget_s=left, log=log, imports=imports)
+    if done < len(jobs):
+        timed_out = deadline is not None and time.time() >= deadline - 1
+        log(f"  {len(jobs) - done} of {len(jobs)} confirmation training(s) did not finish"
+            f"{' within the time budget' if timed_out else ''}; {resume}")
+
+
+def _slots(cpus: float, gpus: float) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 1) // cpus)
+    if gpus:
+        slots = min(slots, int(res.get("GPU", 0) // gpus))
+    return max(1, slots)
+
+
+def _close_interrupted(study, log) -> None:
+    """Trials a killed driver left RUNNING: failed in the study, and their candidates put back into it so that
+    the sampler proposes them first and they train in this session."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retrains": t.number}, skip_if_exists=False)
+            log(f"  candidate {t.number} was cut off by the interruption; it trains again")
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """One trial must fit the Ray cluster (started or joined already): an ``OpmixError`` otherwise."""
+    import ray
+
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if cpus_per_trial > cpus:
+        raise OpmixError(f"--cpus-per-trial {cpus_per_trial:g}: one trial would need more CPUs than the Ray cluster "
+                         f"has ({cpus:g}); ask for at most {cpus:g}, or join a bigger cluster with --address")
+    if gpus_per_trial > gpus:
+        fix = f"ask for at most {gpus:g}" if gpus else "leave --gpus-per-trial out to train on the CPU"
+        raise OpmixError(f"--gpus-per-trial {gpus_per_trial:g}: one trial would need more GPUs than the Ray cluster "
+                         f"has ({gpus:g}); {fix}, or join a cluster with GPUs with --address")
