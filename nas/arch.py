@@ -92,14 +92,9 @@ class Arch:
     def from_dict(cls, data: Any, source: str = "arch") -> Arch:
         r = _Reader(source)
         top = r.mapping(data, "", {"input", "stem", "stages", "head"}, required={"stem", "stages"})
-        inp = r.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
-        stem = r.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
-        head = r.mapping(top.get("head", {}), "head", {"type", "hidden"})
-        stages_raw = top["stages"]
-        if not isinstance(stages_raw, list) or not stages_raw:
-            raise r.error("stages", f"is {stages_raw!r}", "a non-empty list of stages")
+        frame = r.frame(top)
         stages = []
-        for i, raw in enumerate(stages_raw):
+        for i, raw in enumerate(frame["stages"]):
             key = f"stages[{i}]"
             s = r.mapping(raw, key, {"op", "width", "depth", "stride", "params", "downsample"},
                           required={"op", "width", "depth"})
@@ -115,16 +110,9 @@ class Arch:
                 params=tuple(sorted(params.items())),
                 downsample=r.one_of(s.get("downsample", "op"), f"{key}.downsample", DOWNSAMPLE_TYPES),
             ))
-        return cls(
-            stem=StemArch(r.one_of(stem["type"], "stem.type", tuple(STEM_TYPES)),
-                          r.positive_int(stem["width"], "stem.width")),
-            stages=tuple(stages),
-            head=HeadArch(r.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
-                          r.non_negative_int(head.get("hidden", 0), "head.hidden")),
-            in_chans=r.positive_int(inp.get("channels", 3), "input.channels"),
-            num_classes=r.positive_int(inp.get("classes", 1000), "input.classes"),
-            input_size=r.positive_int(inp.get("size", 224), "input.size"),
-        )
+        return cls(stem=StemArch(frame["stem_type"], r.positive_int(frame["stem"]["width"], "stem.width")),
+                   stages=tuple(stages), head=frame["head"], in_chans=frame["in_chans"],
+                   num_classes=frame["num_classes"], input_size=frame["input_size"])
 
 
 def read_yaml(path: Path, what: str, error: type[ValueError] = ValueError) -> Any:
@@ -174,6 +162,25 @@ class _Reader:
             if k not in value:
                 raise self.error(_join(key, k), "is missing", f"add {k}:")
         return value
+
+    def frame(self, top: dict[str, Any]) -> dict[str, Any]:
+        """What an architecture file and a space file write alike, read once for both: ``input`` (channels,
+        size, classes), the ``stem`` mapping and its type, the ``head``, and the raw ``stages`` list."""
+        inp = self.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
+        stem = self.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
+        head = self.mapping(top.get("head", {}), "head", {"type", "hidden"})
+        stages = top["stages"]
+        if not isinstance(stages, list) or not stages:
+            raise self.error("stages", f"is {stages!r}", "a non-empty list of stages")
+        return {
+            "in_chans": self.positive_int(inp.get("channels", 3), "input.channels"),
+            "input_size": self.positive_int(inp.get("size", 224), "input.size"),
+            "num_classes": self.positive_int(inp.get("classes", 1000), "input.classes"),
+            "stem": stem, "stem_type": self.one_of(stem["type"], "stem.type", tuple(STEM_TYPES)),
+            "head": HeadArch(self.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
+                             self.non_negative_int(head.get("hidden", 0), "head.hidden")),
+            "stages": stages,
+        }
 
     def positive_int(self, value: Any, key: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

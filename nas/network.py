@@ -33,10 +33,10 @@ from operators._layers import ConvNormAct, LayerNorm2d, init_weights
 from operators.convnext import PatchDown
 from operators.repvgg import repvgg
 
-from .arch import STEM_TYPES, Arch, StageArch
+from .arch import STEM_TYPES, Arch, ArchError, StageArch
 from .errors import OpmixError
 
-__all__ = ["build", "build_uninitialized", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
+__all__ = ["build", "build_uninitialized", "build_error", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
            "stem_kind", "STEMS", "DOWNSAMPLERS", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
@@ -170,13 +170,16 @@ class OpmixNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def _buildable(op: str, width: int, params: dict) -> bool:
+def build_error(op: str, width: int, params: dict) -> str | None:
+    """Why operator ``op`` cannot be built at ``width`` with ``params`` (heads that do not divide the width,
+    an unknown keyword, ...), or None when it can: the one check of buildability, on the meta device, that
+    the space loader and the proxy's width rounding share."""
     try:
         with torch.device("meta"):
             operators.create_op(op, width, width, 1, **params)
-        return True
-    except ValueError:
-        return False
+        return None
+    except (ValueError, TypeError) as exc:
+        return str(exc)
 
 
 def scale_width(width: int, mult: float, op: str | None = None, params: dict | None = None) -> int:
@@ -186,7 +189,7 @@ def scale_width(width: int, mult: float, op: str | None = None, params: dict | N
     target = width * mult
     candidates = sorted(range(8, max(16, int(2 * target) + 16), 8), key=lambda c: (abs(c - target), c))
     for c in candidates:
-        if op is None or _buildable(op, c, params or {}):
+        if op is None or build_error(op, c, params or {}) is None:
             return c
     raise OpmixError(f"no width near {target:.0f} suits {op} with {params}; pick another width_mult")
 
@@ -207,9 +210,15 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
     size = input_size or arch.input_size
     stem_width = scale_width(arch.stem.width, width_mult)
     stages, cin = [], stem_width
-    for stage in arch.stages:
+    for i, stage in enumerate(arch.stages):
         width = scale_width(stage.width, width_mult, stage.op, stage.kwargs)
-        stages.append(nn.Sequential(*stage_blocks(stage, cin, width)))
+        try:
+            stages.append(nn.Sequential(*stage_blocks(stage, cin, width)))
+        except (ValueError, TypeError) as exc:  # an operator refusing its arguments: the arch's fault
+            if isinstance(exc, OpmixError):
+                raise
+            raise ArchError(f"stages[{i}] ({stage.op} x{stage.depth}, width {width}): cannot be built: "
+                            f"{' '.join(str(exc).split())}; change the stage's width or parameters") from None
         cin = width
     head = Head(arch.head.type, cin, num_classes or arch.num_classes,
                 scale_width(arch.head.hidden, width_mult) if arch.head.hidden else 0)

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .arch import (DOWNSAMPLE_TYPES, HEAD_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
+from .arch import (DOWNSAMPLE_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
                    _Reader, dump_arch, load_arch, read_yaml)
 from .errors import UnknownNameError
 
@@ -272,16 +272,10 @@ def _parse_space(data: Any, source: str, default_name: str) -> Space:
     r = _SpaceReader(source)
     top = r.mapping(data, "", {"name", "input", "stem", "stages", "head", "constraints"},
                     required={"stem", "stages"})
-    inp = r.mapping(top.get("input", {}), "input", {"channels", "size", "classes"})
-    stem = r.mapping(top["stem"], "stem", {"type", "width"}, required={"type", "width"})
-    head = r.mapping(top.get("head", {}), "head", {"type", "hidden"})
-    stem_type = r.one_of(stem["type"], "stem.type", tuple(STEM_TYPES))
-    stages_raw = top["stages"]
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise r.error("stages", f"is {stages_raw!r}", "a non-empty list of stages")
-
+    frame = r.frame(top)
+    stem_type = frame["stem_type"]
     stages, prev = [], STEM_TYPES[stem_type]
-    for i, raw in enumerate(stages_raw):
+    for i, raw in enumerate(frame["stages"]):
         key = f"stages[{i}]"
         s = r.mapping(raw, key, {"output_stride", "ops", "width", "depth", "downsample"},
                       required={"output_stride", "ops", "width", "depth"})
@@ -305,14 +299,9 @@ def _parse_space(data: Any, source: str, default_name: str) -> Space:
     if not isinstance(name, str) or not name:
         raise r.error("name", f"is {name!r}", "a non-empty string")
     return Space(
-        name=name, source=source,
-        in_chans=r.positive_int(inp.get("channels", 3), "input.channels"),
-        input_size=r.positive_int(inp.get("size", 224), "input.size"),
-        num_classes=r.positive_int(inp.get("classes", 1000), "input.classes"),
-        stem_type=stem_type, stem_width=r.int_choice(stem["width"], "stem.width"),
-        stages=tuple(stages),
-        head=HeadArch(r.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
-                      r.non_negative_int(head.get("hidden", 0), "head.hidden")),
+        name=name, source=source, in_chans=frame["in_chans"], input_size=frame["input_size"],
+        num_classes=frame["num_classes"], stem_type=stem_type,
+        stem_width=r.int_choice(frame["stem"]["width"], "stem.width"), stages=tuple(stages), head=frame["head"],
         constraints=tuple(sorted(constraints.items())),
     )
 
@@ -348,22 +337,19 @@ def _parse_ops(r: _SpaceReader, raw: Any, key: str, stage_width: Choice) -> tupl
 
 
 def _check_buildable(r: _SpaceReader, op: OpChoice, widths: Choice, key: str) -> None:
-    """Build every (width, parameters) combination on the meta device, so impossible values (heads that do
-    not divide the width, ...) are refused at load time with the key that holds them."""
-    import torch
-
-    import operators
+    """Build every (width, parameters) combination on the meta device (``nas.network.build_error``), so
+    impossible values (heads that do not divide the width, ...) are refused at load time with the key that
+    holds them."""
+    from .network import build_error
 
     names = [p for p, _ in op.params]
     for width in widths.values:
         for combo in itertools.product(*(c.values for _, c in op.params)):
-            try:
-                with torch.device("meta"):
-                    operators.create_op(op.name, width, width, 1, **dict(zip(names, combo)))
-            except (ValueError, TypeError) as exc:
-                culprit = next((n for n in names if n in str(exc)), "width")
+            error = build_error(op.name, width, dict(zip(names, combo)))
+            if error is not None:
+                culprit = next((n for n in names if n in error), "width")
                 raise r.error(f"{key}.{culprit}", f"cannot be built at width {width} with "
-                              f"{dict(zip(names, combo))}: {exc}", "values every width of the stage can use")
+                              f"{dict(zip(names, combo))}: {error}", "values every width of the stage can use")
 
 
 class _SpaceReader(_Reader):

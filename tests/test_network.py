@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -91,3 +92,25 @@ def test_heads_and_stems_of_the_vocabulary():
 def test_bad_width_mult_is_refused():
     with pytest.raises(ValueError, match="width_mult"):
         build(load_space("hybrid").random(0), width_mult=0)
+
+
+def test_an_arch_an_operator_refuses_is_a_one_line_arch_error(tmp_path):
+    """An operator's own ValueError (heads that do not divide the width) becomes the arch's error, naming the
+    stage, so that every command shows it as one line (exit 2) instead of a traceback."""
+    import subprocess
+    import sys
+
+    from nas.arch import ArchError
+    from nas.network import build_error
+
+    data = {"stem": {"type": "patch4", "width": 96},
+            "stages": [{"op": "convnext", "width": 96, "depth": 1, "stride": 1},
+                       {"op": "swin", "width": 96, "depth": 2, "stride": 2, "params": {"heads": 5}}]}
+    assert build_error("swin", 96, {"heads": 5}) is not None and build_error("swin", 96, {"heads": 3}) is None
+    with pytest.raises(ArchError, match=r"stages\[1\] \(swin x2, width 96\): cannot be built: .*heads=5"):
+        build(Arch.from_dict(data))
+    (tmp_path / "bad.yaml").write_text(json.dumps(data))
+    result = subprocess.run([sys.executable, "-m", "nas.flops", str(tmp_path / "bad.yaml")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "stages[1]" in result.stderr and "Traceback" not in result.stderr
