@@ -26,6 +26,7 @@ sqlite:///runs/NAME/study.db`` browses it; ``optuna.load_study(study_name=..., s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -236,14 +237,13 @@ def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_pat
     atomic_write(path, json.dumps(data, indent=1) + "\n")
     written.append(path)
     path = run.path / "pareto.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"])
-        for e in data["front"]:
-            writer.writerow([e["trial_id"], e["reference"] or "", f"{e['accuracy']:.6f}", e["flops"],
-                             f"{e['flops'] / 1e9:.4f}", e["params"], int(e["recommended"]), arch_line(e["arch"])])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"])
+    for e in data["front"]:
+        writer.writerow([e["trial_id"], e["reference"] or "", f"{e['accuracy']:.6f}", e["flops"],
+                         f"{e['flops'] / 1e9:.4f}", e["params"], int(e["recommended"]), arch_line(e["arch"])])
+    atomic_write(path, text.getvalue())
     written.append(path)
     written.append(plot_front(run, analysis, budget, plot_path or run.path / "pareto.png"))
     return written
