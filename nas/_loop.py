@@ -312,6 +312,8 @@ def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
 
     from .plugins import module_paths
 
+    # Ray Tune's newer console output prints its own tables whatever ``verbose`` says; ours are the progress lines
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     paths = module_paths(imports)
