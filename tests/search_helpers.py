@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import textwrap
 from importlib import resources
@@ -47,3 +48,10 @@ def write_space(folder: Path, text: str = MINI_SPACE) -> Path:
     path = folder / "mini.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def clean_env(*, drop: tuple[str, ...] = (), **extra) -> dict:
+    """This process's environment without the RAY_* variables that an in-process ray.init leaves behind
+    (RAY_AUTH_MODE and the like, which would make a new Ray expect a token it cannot find), without the
+    variables named in ``drop``, and with ``extra`` added."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k not in drop}, **extra}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from nas.rundir import RunDir
-from search_helpers import write_tiny_fashion
+from search_helpers import clean_env, write_tiny_fashion
 
 # The plug-in: a depthwise-separable residual block, defined only here (never imported into the test process,
 # so the catalog the other tests see is unchanged).
@@ -71,19 +71,14 @@ stages:
 """
 
 
-def clean_env(**extra) -> dict:
-    import os
-
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}, **extra}
-
-
 def cli(*args, cwd: Path, console: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
     """A command run from ``cwd`` (where my_ops.py lies), as ``python -m nas.X`` or as the ``opmix`` script."""
     if console:
         cmd = [str(Path(sys.executable).parent / "opmix"), *args]
     else:
         cmd = [sys.executable, "-m", f"nas.{args[0]}", *args[1:]]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env())
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(drop=("PYTHONPATH",)))
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,11 @@ pytest.importorskip(default_driver(), reason=f"the PostgreSQL driver {default_dr
                     f"pip install -e '.[postgres]'")
 
 import optuna
-from search_helpers import write_space, write_tiny_fashion
+from search_helpers import clean_env, write_space, write_tiny_fashion
 
 from nas.rundir import RunDir
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-def clean_env(**extra) -> dict:
-    """This environment without RAY_* variables (as in test_search.py): each search starts its own Ray."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
 
 
 def small_args(workdir: Path, *extra, confirm: int | None = 0) -> list[str]:

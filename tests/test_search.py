@@ -13,15 +13,9 @@ import pytest
 import yaml
 
 from nas.rundir import RunDir
-from search_helpers import write_space, write_tiny_fashion
+from search_helpers import clean_env, write_space, write_tiny_fashion
 
 REQUIRED = {"trial_id", "status", "flops", "params", "accuracy", "epochs", "arch", "error", "timings"}
-
-
-def clean_env(**extra) -> dict:
-    """This process's environment without the RAY_* variables that an in-process ray.init leaves behind
-    (RAY_AUTH_MODE and the like), which would make a new Ray expect a token it cannot find."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
 
 
 def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 600):

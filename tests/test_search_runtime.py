@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from search_helpers import write_space, write_tiny_fashion
+from search_helpers import clean_env, write_space, write_tiny_fashion
 
 import nas._searcher
 from nas._searcher import BudgetSearcher, CandidateASHA
@@ -462,13 +462,6 @@ class TestInProcessSearch:
 
 
 # --------------------------------------------------------------------------------- through the command line
-def clean_env(**extra) -> dict:
-    """This environment without the RAY_* variables an in-process ray.init leaves behind (see test_search)."""
-    import os
-
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
-
-
 def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 300):
     return subprocess.run([sys.executable, "-m", "nas.search", *args], check=False, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=clean_env(**(env_extra or {})))
