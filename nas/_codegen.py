@@ -23,7 +23,7 @@ from operators._registry import get_spec
 
 from .arch import Arch
 from .errors import OpmixError
-from .network import DOWNSAMPLERS, STEMS, stem_kind
+from .network import downsampler, stem_kind
 
 __all__ = ["standalone_source", "needed_definitions"]
 
@@ -140,7 +140,7 @@ def needed_definitions(roots: set[str], plugins: tuple[Path, ...] = ()) -> tuple
 
 def build_function(arch: Arch) -> tuple[str, set[str]]:
     """The exported ``build()``: the Arch spelled out as calls, and the names it uses."""
-    stem = STEMS[stem_kind(arch)]
+    stem = operators.get_stem(stem_kind(arch)).factory
     uses = {stem.__name__, "stage_layers", "OpmixNet", "Head", "reparameterize_model"}
     lines = [
         f"def build(num_classes: int = {arch.num_classes}, in_chans: int = {arch.in_chans}) -> OpmixNet:",
@@ -156,8 +156,8 @@ def build_function(arch: Arch) -> tuple[str, set[str]]:
         args = [factory, str(cin), str(s.width), f"depth={s.depth}", f"stride={s.stride}"]
         if spec.alternate:
             args.append(f"alternate=({', '.join(_literal(a) for a in spec.alternate)},)")
-        if s.downsample in DOWNSAMPLERS:
-            down = DOWNSAMPLERS[s.downsample].__name__
+        if downsampler(s.downsample) is not None:
+            down = downsampler(s.downsample).__name__
             uses.add(down)
             args.append(f"downsample={down}")
         args += [f"{k}={_literal(v)}" for k, v in s.kwargs.items()]

@@ -13,16 +13,31 @@ from typing import Any
 
 import yaml
 
+import operators
+
 from .errors import OpmixError
 
 __all__ = ["Arch", "StageArch", "StemArch", "HeadArch", "load_arch", "dump_arch", "ArchError",
-           "STEM_TYPES", "HEAD_TYPES", "DOWNSAMPLE_TYPES"]
+           "stem_stride", "stem_types", "HEAD_TYPES", "downsample_types"]
 
-# stem type -> its output stride (proxies on small images replace the stem: see nas.network)
-STEM_TYPES = {"conv7_pool": 4, "patch4": 4, "conv3x2": 2, "repvgg": 2}
 HEAD_TYPES = ("pool_linear", "norm_pool_linear", "pool_norm_linear")
-# how a stage whose first block strides or widens gets there: inside its first op, or a separate layer first
-DOWNSAMPLE_TYPES = ("op", "conv", "patch")
+
+
+def stem_stride(kind: str) -> int:
+    """The output stride of the registered stem ``kind`` (proxies on small images replace the stem: see
+    nas.network)."""
+    return operators.get_stem(kind).stride
+
+
+def stem_types() -> tuple[str, ...]:
+    """The stem types an Arch may name: every registered stem (``operators.register_stem``)."""
+    return tuple(operators.list_stems())
+
+
+def downsample_types() -> tuple[str, ...]:
+    """How a stage whose first block strides or widens gets there: inside its first op (``op``), or a
+    registered downsampler first (``operators.register_downsampler``)."""
+    return ("op", *operators.list_downsamplers())
 
 Scalar = int | float | str | bool
 
@@ -69,7 +84,7 @@ class Arch:
     @property
     def output_strides(self) -> tuple[int, ...]:
         """The output stride of every stage at the target input (stem stride times the stage strides)."""
-        strides, total = [], STEM_TYPES[self.stem.type]
+        strides, total = [], stem_stride(self.stem.type)
         for stage in self.stages:
             total *= stage.stride
             strides.append(total)
@@ -108,7 +123,7 @@ class Arch:
                 depth=r.positive_int(s["depth"], f"{key}.depth"),
                 stride=r.one_of(s.get("stride", 2), f"{key}.stride", (1, 2)),
                 params=tuple(sorted(params.items())),
-                downsample=r.one_of(s.get("downsample", "op"), f"{key}.downsample", DOWNSAMPLE_TYPES),
+                downsample=r.one_of(s.get("downsample", "op"), f"{key}.downsample", downsample_types()),
             ))
         return cls(stem=StemArch(frame["stem_type"], r.positive_int(frame["stem"]["width"], "stem.width")),
                    stages=tuple(stages), head=frame["head"], in_chans=frame["in_chans"],
@@ -176,7 +191,7 @@ class _Reader:
             "in_chans": self.positive_int(inp.get("channels", 3), "input.channels"),
             "input_size": self.positive_int(inp.get("size", 224), "input.size"),
             "num_classes": self.positive_int(inp.get("classes", 1000), "input.classes"),
-            "stem": stem, "stem_type": self.one_of(stem["type"], "stem.type", tuple(STEM_TYPES)),
+            "stem": stem, "stem_type": self.one_of(stem["type"], "stem.type", stem_types()),
             "head": HeadArch(self.one_of(head.get("type", "pool_linear"), "head.type", HEAD_TYPES),
                              self.non_negative_int(head.get("hidden", 0), "head.hidden")),
             "stages": stages,

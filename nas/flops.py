@@ -182,13 +182,13 @@ def _layer_calls(arch: Arch) -> list[tuple[Callable[..., nn.Module], tuple, dict
     builder's own. Only the full-size network (``width_mult`` 1, the Arch's own input) is described."""
     import operators
 
-    from .network import DOWNSAMPLERS, Head, make_stem, stage_layers, stem_kind
+    from .network import Head, downsampler, make_stem, stage_layers, stem_kind
 
     calls = [(make_stem, (stem_kind(arch), arch.in_chans, arch.stem.width), {})]
     cin = arch.stem.width
     for stage in arch.stages:
         spec = operators.get_spec(stage.op)
-        down = DOWNSAMPLERS.get(stage.downsample)
+        down = downsampler(stage.downsample)
         calls += stage_layers(_recorder(spec.factory), cin, stage.width, stage.depth, stage.stride,
                               alternate=spec.alternate, downsample=down and _recorder(down), **stage.kwargs)
         cin = stage.width

@@ -13,11 +13,9 @@ quarter of the cost of a stride-1 stem (CIFAR ResNets' choice), which a 2-core s
 Module names are fixed (``stem``, ``stages.<i>.<j>``, ``head``), so state_dicts move between builds of the
 same Arch and the exported code.
 
-Each stem, downsampler and head is initialized in its constructor as its family's official code does (the
-operators do the same; ``operators._layers.init_weights`` names the schemes): ResNet's stem, the small-image
-stems and the conv downsampler He fan-out (timm's ``resnet.py``); the patchify stem truncated normal 0.02, as
-ConvNeXt's (the official Swin leaves its patch conv at PyTorch's default); CoAtNet's stem He fan-out (timm's
-``maxxvit``); RepVGG's stem PyTorch's default (the official code). Heads: see ``HEAD_INIT``.
+Stems and downsamplers come from their registries (``operators.register_stem``, ``register_downsampler``;
+the catalog's own are in ``operators/stems.py`` and the families' files), so a plug-in can add its own. Each
+is initialized in its constructor as its family's official code does; heads: see ``HEAD_INIT``.
 """
 
 from __future__ import annotations
@@ -25,92 +23,35 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import operators
-from operators._layers import ConvNormAct, LayerNorm2d, init_weights
-from operators.convnext import PatchDown
-from operators.repvgg import repvgg
+from operators._layers import LayerNorm2d, init_weights
 
-from .arch import STEM_TYPES, Arch, ArchError, StageArch
+from .arch import Arch, ArchError, StageArch
 from .errors import OpmixError
 
 __all__ = ["build", "build_uninitialized", "build_error", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
-           "stem_kind", "STEMS", "DOWNSAMPLERS", "SMALL_IMAGE"]
+           "stem_kind", "downsampler", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch x patch conv, then LayerNorm (Swin, ConvNeXt); pads to a multiple of the patch."""
-
-    def __init__(self, in_chs: int, out_chs: int, patch: int = 4):
-        super().__init__()
-        self.patch = patch
-        self.proj = nn.Conv2d(in_chs, out_chs, patch, patch)
-        self.norm = LayerNorm2d(out_chs, eps=1e-6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % self.patch, 0, -h % self.patch))
-        return self.norm(self.proj(x))
-
-
-def stem_conv7_pool(in_chs: int, width: int) -> nn.Module:
-    """ResNet: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool."""
-    return init_weights(nn.Sequential(ConvNormAct(in_chs, width, 7, 2), nn.MaxPool2d(3, 2, 1)), "fan_out")
-
-
-def stem_patch4(in_chs: int, width: int) -> nn.Module:
-    """Swin / ConvNeXt: 4x4 stride-4 patchify, LayerNorm."""
-    return init_weights(PatchEmbed(in_chs, width, 4), "trunc_normal")
-
-
-def stem_conv3x2(in_chs: int, width: int) -> nn.Module:
-    """CoAtNet S0: 3x3 stride-2 conv, BN, GELU, then a 3x3 conv (the next block pre-norms)."""
-    stem = nn.Sequential(ConvNormAct(in_chs, width, 3, 2, act=nn.GELU), nn.Conv2d(width, width, 3, 1, 1))
-    return init_weights(stem, "fan_out")
-
-
-def stem_repvgg(in_chs: int, width: int) -> nn.Module:
-    """RepVGG: a RepVGG block of stride 2 (initialized by the block itself)."""
-    return repvgg(in_chs, width, 2)
-
-
-def stem_small1(in_chs: int, width: int) -> nn.Module:
-    """Small images: one 3x3 conv, BN, ReLU, stride 1."""
-    return init_weights(ConvNormAct(in_chs, width, 3, 1), "fan_out")
-
-
-def stem_small2(in_chs: int, width: int) -> nn.Module:
-    """Small images: one 3x3 conv, BN, ReLU, stride 2."""
-    return init_weights(ConvNormAct(in_chs, width, 3, 2), "fan_out")
-
-
-STEMS = {"conv7_pool": stem_conv7_pool, "patch4": stem_patch4, "conv3x2": stem_conv3x2, "repvgg": stem_repvgg,
-         "small1": stem_small1, "small2": stem_small2}
-
-
 def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
-    if kind not in STEMS:
-        raise OpmixError(f"unknown stem type {kind!r}; known: {', '.join(STEMS)}")
-    return STEMS[kind](in_chs, width)
+    """The registered stem ``kind`` (``operators.register_stem``) from in_chs to width channels."""
+    return operators.get_stem(kind).factory(in_chs, width)
 
 
 def stem_kind(arch: Arch, input_size: int | None = None) -> str:
     """The Arch's stem, or the small-image stem at half its stride (2 at most) for inputs of <= 64 px."""
     if (input_size or arch.input_size) <= SMALL_IMAGE:
-        return f"small{min(2, max(1, STEM_TYPES[arch.stem.type] // 2))}"
+        return f"small{min(2, max(1, operators.get_stem(arch.stem.type).stride // 2))}"
     return arch.stem.type
 
 
-def conv_down(in_chs: int, out_chs: int, stride: int) -> nn.Module:
-    """A stage's separate downsampling layer: 3x3 conv, BN, ReLU."""
-    return init_weights(ConvNormAct(in_chs, out_chs, 3, stride), "fan_out")
-
-
-DOWNSAMPLERS = {"conv": conv_down, "patch": PatchDown}  # ``downsample: op`` leaves it to the operator
+def downsampler(name: str) -> Callable[[int, int, int], nn.Module] | None:
+    """The registered downsampler ``name``, or None for ``op`` (the stage's first block downsamples)."""
+    return None if name == "op" else operators.get_downsampler(name).factory
 
 
 def stage_layers(block: Callable[..., nn.Module], in_chs: int, width: int, depth: int, stride: int = 1,
@@ -198,7 +139,7 @@ def stage_blocks(stage: StageArch, in_chs: int, width: int, depth: int | None = 
     """The layers of ``stage`` (with ``depth``, only the first ``depth`` blocks)."""
     spec = operators.get_spec(stage.op)
     return stage_layers(spec.factory, in_chs, width, stage.depth if depth is None else depth, stage.stride,
-                        alternate=spec.alternate, downsample=DOWNSAMPLERS.get(stage.downsample), **stage.kwargs)
+                        alternate=spec.alternate, downsample=downsampler(stage.downsample), **stage.kwargs)
 
 
 def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, num_classes: int | None = None,

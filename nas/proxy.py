@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .arch import STEM_TYPES, Arch
+from .arch import Arch, stem_stride
 from .errors import OpmixError
 
 __all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "resize_data", "WARMUP_EPOCHS"]
@@ -115,7 +115,7 @@ def stage_maps(arch: Arch, input_size: int) -> list[int]:
     from .network import stem_kind
 
     kind = stem_kind(arch, input_size)
-    side = math.ceil(input_size / (int(kind[-1]) if kind.startswith("small") else STEM_TYPES[kind]))
+    side = math.ceil(input_size / (int(kind[-1]) if kind.startswith("small") else stem_stride(kind)))
     maps = []
     for stage in arch.stages:
         side = math.ceil(side / stage.stride)

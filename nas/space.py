@@ -21,8 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .arch import (DOWNSAMPLE_TYPES, STEM_TYPES, Arch, ArchError, HeadArch, StageArch, StemArch,
-                   _Reader, dump_arch, load_arch, read_yaml)
+from .arch import (Arch, ArchError, HeadArch, StageArch, StemArch,
+                   _Reader, downsample_types, dump_arch, load_arch, read_yaml, stem_stride)
 from .errors import UnknownNameError
 
 __all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
@@ -126,7 +126,7 @@ class Space:
         return not self.violations(arch)
 
     def _stage_stride(self, i: int) -> int:
-        before = self.stages[i - 1].output_stride if i else STEM_TYPES[self.stem_type]
+        before = self.stages[i - 1].output_stride if i else stem_stride(self.stem_type)
         return self.stages[i].output_stride // before
 
     def make_arch(self, stem_width: int, stages: list[tuple[str, int, int, dict[str, Any]]]) -> Arch:
@@ -274,7 +274,7 @@ def _parse_space(data: Any, source: str, default_name: str) -> Space:
                     required={"stem", "stages"})
     frame = r.frame(top)
     stem_type = frame["stem_type"]
-    stages, prev = [], STEM_TYPES[stem_type]
+    stages, prev = [], stem_stride(stem_type)
     for i, raw in enumerate(frame["stages"]):
         key = f"stages[{i}]"
         s = r.mapping(raw, key, {"output_stride", "ops", "width", "depth", "downsample"},
@@ -287,7 +287,7 @@ def _parse_space(data: Any, source: str, default_name: str) -> Space:
         width = r.int_choice(s["width"], f"{key}.width")
         ops = _parse_ops(r, s["ops"], f"{key}.ops", width)
         stages.append(StageSpace(stride, ops, width, r.int_choice(s["depth"], f"{key}.depth"),
-                                 r.one_of(s.get("downsample", "op"), f"{key}.downsample", DOWNSAMPLE_TYPES)))
+                                 r.one_of(s.get("downsample", "op"), f"{key}.downsample", downsample_types())))
 
     constraints = r.mapping(top.get("constraints", {}), "constraints", set(CONSTRAINTS))
     if "widths_non_decreasing" in constraints and not isinstance(constraints["widths_non_decreasing"], bool):
@@ -405,7 +405,7 @@ def summarize(space: Space) -> dict[str, Any]:
                            "stages": len(space.stages)}
     for label, pick in (("smallest", min), ("largest", max)):
         stem = pick(space.stem_width.values)
-        chosen, in_chs, side = [], stem, -(-space.input_size // STEM_TYPES[space.stem_type])
+        chosen, in_chs, side = [], stem, -(-space.input_size // stem_stride(space.stem_type))
         for i in range(len(space.stages)):
             costs = []
             for option in space.stage_options(i, pick):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import operators
 from nas._codegen import standalone_source
 from nas.rundir import RunDir
-from nas.arch import STEM_TYPES, Arch, load_arch
+from nas.arch import Arch, downsample_types, load_arch, stem_types
 from nas.export import INIT_SEED, _import_file, _randomize_bn
 from nas.network import build
 from nas.flops import measure_arch
@@ -196,8 +196,8 @@ def test_every_operator_exports_with_the_same_keys_and_outputs(name, kw):
     _equivalent(arch)
 
 
-@pytest.mark.parametrize("stem", sorted(STEM_TYPES))
-@pytest.mark.parametrize("downsample", ["op", "conv", "patch"])
+@pytest.mark.parametrize("stem", stem_types())
+@pytest.mark.parametrize("downsample", downsample_types())
 def test_every_stem_and_downsampler_exports(stem, downsample):
     arch = Arch.from_dict({"input": {"channels": 1, "size": 96, "classes": 5}, "stem": {"type": stem, "width": 8},
                            "stages": [{"op": "resnet_basic", "width": 16, "depth": 1, "stride": 2,

@@ -17,7 +17,7 @@ from torch import nn
 
 import operators
 from nas.arch import HEAD_TYPES
-from nas.network import DOWNSAMPLERS, STEMS, Head
+from nas.network import Head
 from operators._attention import RelPosBias, RelPosLogits
 
 CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
@@ -207,20 +207,20 @@ def test_acmix_keeps_its_official_parts(layout):
     assert other == ({"fan_out"} if layout == "bottleneck" else {"trunc_normal"})
 
 
-@pytest.mark.parametrize("kind", sorted(STEMS))
+@pytest.mark.parametrize("kind", operators.list_stems())
 def test_stems(kind):
-    assert set(STEMS) == set(STEM_DECLARED), "declare the init of every stem in STEM_DECLARED"
+    assert set(operators.list_stems()) == set(STEM_DECLARED), "declare the init of every stem in STEM_DECLARED"
     torch.manual_seed(0)
-    stem = STEMS[kind](3, 96)
+    stem = operators.get_stem(kind).factory(3, 96)
     check_module(stem, {STEM_DECLARED[kind]})
     assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(stem))
 
 
-@pytest.mark.parametrize("kind", sorted(DOWNSAMPLERS))
+@pytest.mark.parametrize("kind", operators.list_downsamplers())
 def test_downsamplers(kind):
-    assert set(DOWNSAMPLERS) == set(DOWNSAMPLER_DECLARED), "declare the init of every downsampler"
+    assert set(operators.list_downsamplers()) == set(DOWNSAMPLER_DECLARED), "declare the init of every downsampler"
     torch.manual_seed(0)
-    layer = DOWNSAMPLERS[kind](64, 128, 2)
+    layer = operators.get_downsampler(kind).factory(64, 128, 2)
     check_module(layer, {DOWNSAMPLER_DECLARED[kind]})
     assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(layer))
 
