@@ -221,7 +221,7 @@ def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
 
 
 # Named weight-initialization schemes, one piece of code each (see ``init_weights``).
-INIT_SCHEMES = ("fan_out", "trunc_normal", "xavier", "shift", "torch_default")
+INIT_SCHEMES = ("fan_out", "trunc_normal", "xavier", "shift", "torch_default", "lecun_normal")
 
 
 @torch.no_grad()
@@ -245,6 +245,9 @@ def init_weights(module: nn.Module, scheme: str) -> nn.Module:
       initialization of its grouped conv (the conv needs kernel area input channels per group).
     - "torch_default": PyTorch's own init kept (``kaiming_uniform_`` with a = sqrt(5), bias uniform in
       +-1 / sqrt(fan_in)): the official RepVGG and MobileOne code sets nothing else.
+    - "lecun_normal": flax's ``lecun_normal``: N(0, s^2) truncated to [-2 s, 2 s] with s = sqrt(1 / fan_in) / 0.8796
+      (0.8796 is the std of N(0, 1) truncated to [-2, 2], so the variance is 1 / fan_in), bias 0: the official
+      QnA code (moabarar/qna, flax).
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init scheme {scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
@@ -267,6 +270,10 @@ def init_weights(module: nn.Module, scheme: str) -> nn.Module:
             kernel = torch.zeros(k * k, k, k, dtype=w.dtype, device=w.device)
             kernel[cells, cells // k, cells % k] = 1.0
             w.copy_(kernel.expand_as(w))
+        elif scheme == "lecun_normal":
+            fan_in = w.shape[1] * math.prod(w.shape[2:])
+            std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+            nn.init.trunc_normal_(w, 0.0, std, -2.0 * std, 2.0 * std)
         if m.bias is not None and scheme != "torch_default":
             nn.init.zeros_(m.bias)
         m.init_scheme = scheme

@@ -39,6 +39,7 @@ DECLARED: dict[str, tuple[set[str], bool]] = {
     "transformer": ({"xavier"}, False),  # timm maxxvit _init_transformer, ViT's JAX code
     "repvgg": ({"torch_default"}, False),  # DingXiaoH/RepVGG sets nothing
     "mobileone": ({"torch_default"}, False),  # apple/ml-mobileone sets nothing
+    "qna": ({"lecun_normal"}, False),  # moabarar/qna: flax lecun_normal
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
                  "small1": "fan_out", "small2": "fan_out"}
@@ -73,6 +74,8 @@ def law(m: nn.Module, scheme: str) -> tuple[float, bool]:
         return TRUNC_STD * truncated_std(TRUNC_BOUND / TRUNC_STD), False
     if scheme == "xavier":  # Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), std a / sqrt(3)
         return math.sqrt(2 / (fan_in + fan_out)), True
+    if scheme == "lecun_normal":  # flax: variance 1 / fan_in, truncated at 2 standard deviations of its parameter
+        return 1 / math.sqrt(fan_in), False
     if scheme == "torch_default":  # kaiming_uniform_(a=sqrt(5)): U(-a, a), a = 1 / sqrt(fan_in), std a / sqrt(3)
         return 1 / math.sqrt(3 * fan_in), True
     raise AssertionError(f"no formula for scheme {scheme!r}")
@@ -89,7 +92,7 @@ def check_weights(layers: list[nn.Module], scheme: str) -> None:
     if uniform:
         tail = 0.0
     else:  # a normal truncated at +-b standard deviations of its parameter (b = infinity: not truncated)
-        b = TRUNC_BOUND / TRUNC_STD if scheme == "trunc_normal" else math.inf
+        b = {"trunc_normal": TRUNC_BOUND / TRUNC_STD, "lecun_normal": 2.0}.get(scheme, math.inf)
         s = truncated_std(b) if math.isfinite(b) else 1.0
         tail = (math.erfc(math.sqrt(3) * s / math.sqrt(2)) - math.erfc(b / math.sqrt(2))) / math.erf(b / math.sqrt(2))
     assert abs(z.mean().item()) < 5 / math.sqrt(n), (scheme, z.mean().item(), n)
