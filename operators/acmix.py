@@ -11,20 +11,27 @@ official code.
 
 ``layout="bottleneck"`` is the ResNet bottleneck with ACmix (4 heads) in place of the 3x3 conv, BN + ReLU
 after it; ``layout="window"`` is Swin's block (patch merging, LN, MLP) with ACmix as the token mixer,
-head dim 32, window 7, ``shift`` in alternate blocks.
+head dim 32, window 7, ``shift`` in alternate blocks. As in the official Swin version
+(``swin_transformer_acmix.py``), a shifted block rolls the map by half a window before BOTH paths and rolls
+their sum back: the convolution path runs on the rolled map, so its zero padding lies on the roll's seam
+(between rows/columns shift - 1 and shift of the map) and the map's last and first rows/columns are
+neighbours; and the fc has a bias there (not in the ResNet version).
 
 Departures: neighbours of the local attention that fall outside the map are masked out, where the official
-code reflection-pads (reflection is undefined on maps smaller than the kernel, which proxies meet). At
-deploy the BN after the bottleneck mixer folds: its scale into rate1 (which becomes per-channel) and into
-the shift conv, its shift into the shift conv's bias.
+code reflection-pads (reflection is undefined on maps smaller than the kernel, which proxies meet). On maps
+that are not multiples of the window, which the official code never meets (56/28/14/7 at 224 px), the
+attention pads the map then rolls it, as Swin for detection does, and the convolution path rolls the
+unpadded H x W map by the same amount. At deploy the BN after the bottleneck mixer folds: its scale into
+rate1 (which becomes per-channel) and into the shift conv, its shift into the shift conv's bias.
 
 Init as the official code (LeapLabTHU/ACmix): the shift conv one-hot ("shift"), rate1 = rate2 = 0.5; in
 ``layout="bottleneck"`` every other conv, the fc included, He normal fan-out with BN weight 1 and bias 0 and no
 zeroed last BN (``ResNet_ImageNet.py``, torchvision's init with ``zero_init_residual=False``); in
 ``layout="window"`` Swin's (``swin_transformer_acmix.py``): Linear N(0, 0.02^2) truncated to [-2, 2], biases 0,
-and the fc (a conv there) at PyTorch's default. Two departures: the official ResNet loop also re-draws the
-shift conv (He normal) after the module set its shift kernels, against the paper's stated shift init, which we
-keep; and it leaves the q, k, v and position conv biases at PyTorch's default, where ours start at 0.
+and the fc (a conv there), its bias included, at PyTorch's default. Two departures: the official ResNet loop
+also re-draws the shift conv (He normal) after the module set its shift kernels, against the paper's stated
+shift init, which we keep; and it leaves the q, k, v and position conv biases at PyTorch's default, where ours
+start at 0.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._attention import RelPosBias, local_attention, window_attention
+from ._attention import RelPosBias, local_attention, window_attention, window_sizes
 from ._layers import check_heads, default_heads, fuse_bn, init_weights
 from ._registry import register_op
 from .resnet import Bottleneck
@@ -47,11 +54,11 @@ class ShiftConvPath(nn.Module):
     a CPU as the channels-first form, with the same arithmetic.
     """
 
-    def __init__(self, dim: int, heads: int, kernel: int = 3, stride: int = 1):
+    def __init__(self, dim: int, heads: int, kernel: int = 3, stride: int = 1, fc_bias: bool = False):
         super().__init__()
         self.heads, self.kk = heads, kernel * kernel
         head_dim = dim // heads
-        self.fc = nn.Linear(3 * heads, self.kk, bias=False)
+        self.fc = nn.Linear(3 * heads, self.kk, bias=fc_bias)
         self.dep_conv = nn.Conv2d(self.kk * head_dim, dim, kernel, stride, kernel // 2, groups=head_dim)
         init_weights(self.dep_conv, "shift")  # output channel o of a group sees input map i only at cell i
 
@@ -80,7 +87,7 @@ class ACmixLocal(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         q, k, v = self.q(x), self.k(x), self.v(x)
         ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
         xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
@@ -107,7 +114,12 @@ class ACmixLocal(nn.Module):
 
 
 class ACmixWindow(nn.Module):
-    """The Swin-block mixer on (B, H, W, C): ACmix with (shifted) window attention."""
+    """The Swin-block mixer on (B, H, W, C): ACmix with (shifted) window attention.
+
+    With ``shift`` both paths see the map rolled by half a window (the official block rolls its input before
+    the mixer and rolls the mixer's output back), so the convolution path's zero padding falls on the roll's
+    seam and the map's last and first rows (columns) are neighbours there.
+    """
 
     def __init__(self, dim: int, heads: int, window: int = 7, shift: bool = False, kernel_conv: int = 3):
         super().__init__()
@@ -115,14 +127,25 @@ class ACmixWindow(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.rel = RelPosBias(heads, window)
         self.proj = nn.Linear(dim, dim)
-        self.conv_path = ShiftConvPath(dim, heads, kernel_conv, 1)
+        self.conv_path = ShiftConvPath(dim, heads, kernel_conv, 1, fc_bias=True)
         self.rate1, self.rate2 = _rate(), _rate()
         init_weights(self.conv_path.fc, "torch_default")  # a conv in the official code, which Swin's init skips
 
+    def roll_sizes(self, h: int, w: int) -> tuple[int, int]:
+        """The cyclic shift (rows, columns) of a shifted block on an h x w map, as window_attention rolls it."""
+        wh, ww = window_sizes(h, w, self.window)
+        return (wh // 2 if self.shift and h > wh else 0), (ww // 2 if self.shift and w > ww else 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        qkv = self.qkv(x)
+        q, k, v = qkv.chunk(3, dim=-1)
         att = self.proj(window_attention(q, k, v, self.heads, self.window, self.shift, self.rel))
-        conv = self.conv_path(q, k, v).permute(0, 2, 3, 1)
+        sy, sx = self.roll_sizes(x.shape[1], x.shape[2])
+        if sy or sx:
+            qkv = torch.roll(qkv, (-sy, -sx), (1, 2))
+        conv = self.conv_path(*qkv.chunk(3, dim=-1)).permute(0, 2, 3, 1)
+        if sy or sx:
+            conv = torch.roll(conv, (sy, sx), (1, 2))
         return self.rate1 * att + self.rate2 * conv
 
 

@@ -40,10 +40,18 @@ DECLARED: dict[str, tuple[set[str], bool]] = {
     "repvgg": ({"torch_default"}, False),  # DingXiaoH/RepVGG sets nothing
     "mobileone": ({"torch_default"}, False),  # apple/ml-mobileone sets nothing
     "qna": ({"lecun_normal"}, False),  # moabarar/qna: flax lecun_normal
+    "levit": ({"torch_default"}, False),  # facebookresearch/LeViT sets no init (its zero BNs are BatchNorm1d)
+    "nat": ({"trunc_normal", "torch_default"}, False),  # SHI-Labs/NAT _init_weights: Linear only
+    "halo": ({"fan_out"}, True),  # timm byobnet _init_weights over byoanet HaloAttn
+    "sasa": ({"fan_out"}, True),  # no official code: the ResNet / timm byobnet scheme
+    "maxvit": ({"fan_out", "xavier"}, False),  # timm maxxvit _init_conv / _init_transformer
+    "cvt": ({"trunc_normal", "torch_default"}, False),  # microsoft/CvT: Linear only, convs PyTorch's default
+    "mvit": ({"trunc_normal", "torch_default"}, False),  # facebookresearch/mvit: Linear only, pooling convs default
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
-                 "small1": "fan_out", "small2": "fan_out"}
-DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal"}
+                 "small1": "fan_out", "small2": "fan_out",
+                 "levit": "torch_default", "nat": "torch_default", "cvt": "torch_default", "mvit": "torch_default"}
+DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal", "nat": "torch_default", "cvt": "torch_default"}
 HEAD_DECLARED = {"pool_linear": "torch_default", "norm_pool_linear": "trunc_normal", "pool_norm_linear": "trunc_normal"}
 
 # timm's trunc_normal_(w, std=.02), as the official Swin and ConvNeXt call it: bounds [-2, 2] in absolute units.

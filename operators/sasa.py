@@ -1,0 +1,138 @@
+"""Stand-alone self-attention bottleneck (Ramachandran et al., "Stand-Alone Self-Attention in Vision Models",
+NeurIPS 2019).
+
+The ResNet bottleneck with its 3x3 conv replaced by local multi-head self-attention: 1x1 reduce + BN + ReLU,
+attention, BN + ReLU, 1x1 expand + BN, plus the shortcut (1x1 conv + BN when stride or width changes). Each
+pixel's query attends to the ``kernel`` x ``kernel`` (7 x 7) neighbourhood centred on it, 8 heads, q, k, v from
+1x1 projections without bias, no output projection. Relative position is added to the keys: a neighbour at
+offset (dy, dx) is compared as ``q . (k + r) / sqrt(d)``, where r, of the head's width d, is the concatenation
+[r_row(dy); r_col(dx)]: the first half of every head's channels carries a learned row-offset embedding, the
+second half a column-offset embedding (the paper's 1/2 d_out each, split by heads like q and k). At stride 2 the
+attention output is 2x2 average pooled (ceil for odd maps), the paper's spatial downsampling ("a 2x2 average
+pooling with stride 2 following the attention layer").
+
+Departures:
+- Neighbours outside the map are masked out (-inf logits), where the paper zero-pads; masking is what makes a
+  corner pixel's attention the same at any map size, and maps smaller than the kernel (proxies) need no pad.
+- The logits are scaled by 1/sqrt(d) (Vaswani et al.'s dot-product attention, which SASA builds on; the paper's
+  equation omits the temperature).
+- Each head has its own row and column halves. Read literally, concatenating r_row (d_out / 2) and r_col
+  (d_out / 2) and then splitting by heads would give the first half of the heads rows only and the second half
+  columns only (as some reimplementations do); we split every head, so each head sees 2D offsets.
+- An odd head dim gives the row half one channel more. Default heads: 8 where the bottleneck width allows an
+  even head dim, else the largest count up to 8 that does; a head needs at least 2 channels.
+- The ``kernel`` is an extent a proxy scales (``extents``).
+- There is no official code; the attention stem of the fully attentional model is not part of this block.
+
+Re-parameterization: the BN after the attention folds into the v rows of the qkv projection (softmax rows sum to
+1 over the unmasked neighbours, and average pooling keeps constants).
+
+Init: no official code was released, so the ResNet scheme as timm writes it for its attention bottlenecks
+(``byobnet._init_weights``): every conv, the qkv projection included, He normal with fan-out ("fan_out"), BN
+weight 1 and bias 0, the last BN zero-initialized (``zero_init_last``); the relative embeddings N(0, 1 / d), the
+head-dim scale timm's ``byoanet`` attention layers and BoTNet give theirs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import pool_ceil
+from ._registry import register_op
+from .bot import fold_bn_into_values
+from .resnet import Bottleneck
+
+
+def sasa_logits(q: torch.Tensor, k: torch.Tensor, rel_row: torch.Tensor, rel_col: torch.Tensor, heads: int,
+                kernel: int) -> torch.Tensor:
+    """(B, heads, H * W, kernel^2) logits of each query over its neighbours (row-major offsets, -inf outside
+    the map) from (B, C, H, W) q and k; ``rel_row`` (heads, d_row, kernel), ``rel_col`` (heads, d - d_row, kernel).
+    """
+    bsz, c, h, w = q.shape
+    d, kk, n, d_row = c // heads, kernel * kernel, h * w, rel_row.shape[1]
+    qh = (q * d ** -0.5).reshape(bsz, heads, d, n).transpose(-1, -2)  # (B, heads, n, d)
+    keys = F.unfold(k, kernel, padding=kernel // 2).view(bsz, heads, d, kk, n).permute(0, 1, 4, 2, 3)
+    logits = (qh.unsqueeze(-2) @ keys).squeeze(-2)  # q . k_j: (B, heads, n, kk)
+    # q . r_j with r_j = [r_row(dy); r_col(dx)]: row half against the row table, column half against the column one
+    lr = qh[..., :d_row] @ rel_row  # (B, heads, n, kernel), one logit per row offset
+    lc = qh[..., d_row:] @ rel_col  # one per column offset
+    logits = logits + (lr[..., :, None] + lc[..., None, :]).reshape(bsz, heads, n, kk)
+    ones = torch.ones(1, 1, h, w, dtype=q.dtype, device=q.device)
+    inside = F.unfold(ones, kernel, padding=kernel // 2).transpose(1, 2).unsqueeze(1) > 0  # (1, 1, n, kk)
+    return torch.where(inside, logits, float("-inf"))
+
+
+def sasa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_row: torch.Tensor, rel_col: torch.Tensor,
+                   heads: int, kernel: int) -> torch.Tensor:
+    """Local attention of every pixel over its kernel x kernel neighbourhood, (B, C, H, W) -> (B, C, H, W)."""
+    bsz, c, h, w = v.shape
+    d, kk, n = c // heads, kernel * kernel, h * w
+    attn = sasa_logits(q, k, rel_row, rel_col, heads, kernel).softmax(dim=-1)
+    vals = F.unfold(v, kernel, padding=kernel // 2).view(bsz, heads, d, kk, n).permute(0, 1, 4, 3, 2)
+    out = attn.unsqueeze(-2) @ vals  # (B, heads, n, 1, d)
+    return out.squeeze(-2).transpose(-1, -2).reshape(bsz, c, h, w)
+
+
+class SASAttention(nn.Module):
+    """The bottleneck mixer: SASA local attention (average pooled at stride 2), then BN + ReLU."""
+
+    def __init__(self, dim: int, stride: int = 1, heads: int = 8, kernel: int = 7):
+        super().__init__()
+        self.heads, self.kernel = heads, kernel
+        d = dim // heads
+        d_row = d - d // 2
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
+        self.rel_row = nn.Parameter(torch.randn(heads, d_row, kernel) * d ** -0.5)
+        self.rel_col = nn.Parameter(torch.randn(heads, d - d_row, kernel) * d ** -0.5)
+        self.pool = pool_ceil(stride)
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        out = self.pool(sasa_attention(q, k, v, self.rel_row, self.rel_col, self.heads, self.kernel))
+        if self.bn is not None:
+            out = self.bn(out)
+        return self.act(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        self.qkv = fold_bn_into_values(self.qkv, self.bn)
+        self.bn = None
+
+
+def sasa_heads(dim: int, heads: int | None) -> int:
+    """``heads`` checked, or the default: the most heads up to 8 with an even head dim, else with >= 2 channels."""
+    if heads is not None:
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or dim % heads or dim // heads < 2:
+            raise ValueError(f"sasa: heads={heads!r} must divide the bottleneck width {dim} and leave at least 2 "
+                             f"channels per head (a row and a column half); pass a divisor of {dim} up to "
+                             f"{dim // 2}, or leave it to the default")
+        return heads
+    for even in (True, False):
+        for h in range(min(8, dim // 2), 0, -1):
+            if dim % h == 0 and (not even or (dim // h) % 2 == 0):
+                return h
+    raise ValueError(f"sasa: a bottleneck width of {dim} channel leaves no room for a row and a column "
+                     f"embedding; use out_chs >= 2 * expansion")
+
+
+def sasa(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, kernel: int = 7,
+         expansion: int = 4) -> nn.Module:
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"sasa: kernel={kernel!r} must be an odd positive integer (centred neighbourhood); "
+                         f"the paper uses kernel=7")
+    if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
+        raise ValueError(f"sasa: expansion={expansion!r} must be a positive integer; ResNet uses expansion=4")
+
+    def mixer(mid: int, s: int) -> nn.Module:
+        return SASAttention(mid, s, sasa_heads(mid, heads), kernel)
+    return Bottleneck(in_chs, out_chs, stride, mixer, expansion=expansion)
+
+
+register_op("sasa", sasa, family="local", extents=("kernel",),
+            paper="Ramachandran et al., Stand-Alone Self-Attention in Vision Models, NeurIPS 2019")
