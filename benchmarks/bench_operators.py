@@ -2,9 +2,11 @@
 
 Prints one row per operator and shape: median latency of the training form (eval mode) and of the
 re-parameterized deploy form, their ratio, and the deploy-form FLOPs (multiply-adds). Then the time
-``count_flops`` takes on a four-stage network at 224 px. Usage:
+``count_flops`` takes on a four-stage network at 224 px, and neighbourhood attention (NAT) on its pure-torch
+path against the ``natten`` package's kernels where that is installed (on CUDA: natten's 2D kernels with a
+bias table are CUDA-only), else the pure path alone. Usage:
 
-    python benchmarks/bench_operators.py [--batch 1] [--repeats 30] [--threads N] [--ops swin,acmix]
+    python benchmarks/bench_operators.py [--batch 1] [--repeats 30] [--threads N] [--ops swin,acmix] [--no-natten]
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ SHAPES = [(64, 56), (256, 14)]  # (channels, side): stage 1 and stage 3 of a 224
 
 
 def median_ms(models: list[nn.Module], x: torch.Tensor, repeats: int) -> list[float]:
-    """Median latency of each model; runs are interleaved so that drift and noise hit all models alike."""
+    """Median latency of each model; runs are interleaved so that drift and noise hit all models alike (on
+    CUDA each run is synchronized before the clock stops)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for model in models:
@@ -31,8 +35,10 @@ def median_ms(models: list[nn.Module], x: torch.Tensor, repeats: int) -> list[fl
             model(x)
         for _ in range(repeats):
             for model, ts in zip(models, times):
+                sync()
                 t0 = time.perf_counter()
                 model(x)
+                sync()
                 ts.append(time.perf_counter() - t0)
     return [1e3 * statistics.median(ts) for ts in times]
 
@@ -51,12 +57,40 @@ def four_stage_network() -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def neighborhood_attention_rows(batch: int, repeats: int) -> None:
+    """Pure-torch neighbourhood attention against natten's kernels (same inputs, outputs compared), per
+    NAT-T stage shape at 224 px; natten needs CUDA, so without a GPU or without natten only the pure path runs."""
+    from operators.nat import _natten_kernels, neighborhood_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    natten = device == "cuda" and _natten_kernels() is not None
+    print(f"\nneighbourhood attention, kernel 7, batch {batch}, {device}: pure torch"
+          + (" against natten" if natten else " (natten: not installed or no CUDA device)"))
+    print(f"{'heads x side':>14s} {'torch ms':>9s} {'natten ms':>9s} {'speed-up':>8s} {'max |diff|':>10s}")
+    for heads, side in ((2, 56), (4, 28), (8, 14), (16, 7)):  # NAT-T's stages, head dim 32
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(batch, heads, side * side, 32, device=device) for _ in range(3))
+        rpb = torch.randn(heads, 13, 13, device=device) * 0.02
+
+        def run(backend: str):
+            return neighborhood_attention(q, k, v, rpb, side, side, 7, backend=backend)
+
+        models = [lambda _x: run("torch")] + ([lambda _x: run("natten")] if natten else [])
+        times = median_ms(models, q, repeats)
+        if natten:
+            diff = (run("torch") - run("natten")).abs().max().item()
+            print(f"{f'{heads} x {side}':>14s} {times[0]:9.2f} {times[1]:9.2f} {times[0] / times[1]:8.2f} {diff:10.2e}")
+        else:
+            print(f"{f'{heads} x {side}':>14s} {times[0]:9.2f} {'-':>9s} {'-':>8s} {'-':>10s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--ops", default="", help="comma-separated subset of operators (default: all)")
+    parser.add_argument("--no-natten", action="store_true", help="skip the neighbourhood-attention comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.ops.split(",") if n] or operators.list_ops()
@@ -84,6 +118,8 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     print(f"\ncount_flops on a four-stage network (bottleneck/mbconv/swin/transformer, 224 px): "
           f"{format_flops(flops)} in {elapsed:.2f} s")
+    if not args.no_natten:
+        neighborhood_attention_rows(args.batch, args.repeats)
 
 
 if __name__ == "__main__":

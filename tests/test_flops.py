@@ -193,7 +193,6 @@ def test_count_arch_equals_the_whole_network_on_space_samples(space_name, seed, 
     assert count_arch(arch) == _whole_network(arch)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list_references())
 def test_count_arch_equals_the_whole_network_on_references(name, one_thread):
     arch = load_reference(name)

@@ -158,9 +158,7 @@ SLOW_CASES = [(name, kw, shape) for name in operators.list_ops() for kw in opera
 @needs_onnx
 @pytest.mark.parametrize("name,kw,shape", SLOW_CASES,
                          ids=[_case_id(n, kw, "s{}-{}-{}-{}px".format(*s)) for n, kw, s in SLOW_CASES])
-def test_operator_converts_to_onnx_at_more_shapes(name, kw, shape, tmp_path, request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip(f"{len(SLOW_CASES)} exports, about 5 CPU minutes: opt in with -m slow")
+def test_operator_converts_to_onnx_at_more_shapes(name, kw, shape, tmp_path):
     stride, cin, cout, side = shape
     model = _deploy_chain(name, kw, [(stride, cin, cout)])
     _onnx_matches(model, torch.randn(2, cin, side, side), tmp_path / "block.onnx", batches=(1, 3))

@@ -46,7 +46,7 @@ def test_local_operators_stay_local_at_the_proxy(size):
         scaled = proxy_arch(arch, size)
         for i, name in _extent_stages(arch):
             e_t, e_p = _extent(arch.stages[i], name), _extent(scaled.stages[i], name)
-            assert e_p <= e_t and e_p >= 2 and e_p % 2 == e_t % 2
+            assert e_p <= e_t and e_p >= 2 and (e_p % 2 == 1 or e_t % 2 == 0)  # an odd extent stays odd
             if e_t < target[i] and proxy[i] > 3:
                 assert e_p < proxy[i], (arch.stages[i], target[i], proxy[i], e_p)
             if e_t >= target[i]:
