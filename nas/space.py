@@ -26,7 +26,7 @@ from .arch import (Arch, ArchError, HeadArch, StageArch, StemArch,
 from .errors import UnknownNameError
 
 __all__ = ["Space", "StageSpace", "OpChoice", "Choice", "SpaceError", "load_space", "list_spaces",
-           "list_references", "load_reference", "Arch", "load_arch", "dump_arch"]
+           "list_references", "load_reference", "Arch", "load_arch", "dump_arch", "op_frequencies"]
 
 CONSTRAINTS = ("widths_non_decreasing", "max_total_depth")
 RESERVED = ("op", "width")  # keys of an ops entry that are not operator parameters
@@ -387,6 +387,17 @@ class _SpaceReader(_Reader):
         return Choice(tuple(values))
 
 
+def op_frequencies(space: Space, samples: int, seed: int = 0) -> list[dict[str, int]]:
+    """Per stage, how many of ``samples`` random Archs (``space.random``, constraints met) use each operator the
+    stage offers, zeros included: an operator that the constraints or the widths keep out of a stage shows as 0."""
+    rng = random.Random(seed)
+    counts = [{o.name: 0 for o in st.ops} for st in space.stages]
+    for _ in range(samples):
+        for i, stage in enumerate(space.random(rng).stages):
+            counts[i][stage.op] += 1
+    return counts
+
+
 # ------------------------------------------------------------------------------------------ command line
 def summarize(space: Space) -> dict[str, Any]:
     """Size, the FLOPs of the smallest and largest architectures, and the references the space contains.
@@ -435,9 +446,14 @@ def _main(argv: list[str] | None) -> int:
                          "architectures, the FLOPs of the smallest and largest, which references it contains.")
     parser.add_argument("space", help=f"a space YAML file or a built-in name ({', '.join(list_spaces())})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--samples", type=int, default=0, metavar="N",
+                        help="also draw N random architectures (seed 0) and print how often each stage uses each "
+                             "of its operators")
     plugins.add_import_flag(parser)
     args = parser.parse_args(argv)
     plugins.import_modules(args.imports)
+    if args.samples < 0:
+        parser.error(f"--samples {args.samples}: give a number of architectures >= 0")
     space = load_space(args.space)
     if args.json:
         import json
@@ -459,6 +475,12 @@ def _main(argv: list[str] | None) -> int:
           f"{format_flops(summary['largest_flops'])} (multiply-adds at "
           f"{space.in_chans}x{space.input_size}x{space.input_size}, deploy form)")
     print(f"references in this space: {', '.join(summary['references']) or 'none'}")
+    if args.samples:
+        print(f"operators in {args.samples} random architectures (seed 0), per stage:")
+        for i, counts in enumerate(op_frequencies(space, args.samples), start=1):
+            never = [name for name, n in counts.items() if not n]
+            print(f"  s{i}: " + ", ".join(f"{name} {n}" for name, n in counts.items())
+                  + (f"; never sampled: {', '.join(never)}" if never else ""))
     return 0
 
 

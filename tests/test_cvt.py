@@ -8,22 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from op_helpers import randomize
 from torch import nn
 
 import operators
 from operators._attention import RelPosBias, RelPosLogits
 from operators.cvt import CvTAttention
-
-
-@torch.no_grad()
-def _randomize(module: nn.Module) -> None:
-    """Every parameter and BN statistic away from its init, so that a wrong BN, bias or norm shows."""
-    for p in module.parameters():
-        p.copy_(torch.randn_like(p) * 0.5)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -86,7 +76,7 @@ def test_block_matches_its_definition(h, w, heads, kv_stride):
     torch.manual_seed(0)
     c = 4
     block = operators.create_op("cvt", c, c, 1, heads=heads, kv_stride=kv_stride)
-    _randomize(block)
+    randomize(block)
     block.eval()
     x = torch.randn(1, c, h, w)
     with torch.no_grad():
@@ -158,7 +148,7 @@ def test_block_with_stride_embeds_as_the_downsampler_then_a_block():
     block = operators.create_op("cvt", 8, 16, 2, heads=2)
     down = operators.get_downsampler("cvt").factory(8, 16, 2)
     plain = operators.create_op("cvt", 16, 16, 1, heads=2)
-    _randomize(block)
+    randomize(block)
     down.load_state_dict(block.embed.state_dict())
     plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("embed.")})
     for m in (block, down, plain):

@@ -183,10 +183,13 @@ def test_deploy_program_matches_the_deploy_form(exported):
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
 
 
-CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
+# every operator's default; its other variants with -m slow
+CASES = [pytest.param(name, kw, marks=(pytest.mark.slow,) if i else (),
+                      id=name + "".join(f"-{k}={v}" for k, v in kw.items()))
+         for name in operators.list_ops() for i, kw in enumerate(operators.get_spec(name).variants)]
 
 
-@pytest.mark.parametrize("name,kw", CASES, ids=[n + "".join(f"-{k}={v}" for k, v in kw.items()) for n, kw in CASES])
+@pytest.mark.parametrize("name,kw", CASES)
 def test_every_operator_exports_with_the_same_keys_and_outputs(name, kw):
     kw = {k: v for k, v in kw.items() if k != "shift" or name == "xvolution"}  # shift alternates by itself
     arch = Arch.from_dict({"input": {"channels": 3, "size": 40, "classes": 7}, "stem": {"type": "patch4", "width": 16},

@@ -193,7 +193,12 @@ def test_count_arch_equals_the_whole_network_on_space_samples(space_name, seed, 
     assert count_arch(arch) == _whole_network(arch)
 
 
-@pytest.mark.parametrize("name", list_references())
+# four stems and downsamplers by default (ResNet's, Swin's, NAT's, LeViT's stride-16 one); the rest with -m slow
+QUICK_REFERENCES = ("resnet50", "swin_t", "nat_t", "levit_384")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QUICK_REFERENCES else (pytest.mark.slow,))
+                                  for n in list_references()])
 def test_count_arch_equals_the_whole_network_on_references(name, one_thread):
     arch = load_reference(name)
     assert count_arch(arch) == _whole_network(arch)

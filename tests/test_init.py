@@ -23,22 +23,26 @@ from operators._attention import RelPosBias, RelPosLogits
 CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
 IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 
+# The schemes an attention add-on (``attn=``, operators/attention_modules.py) brings to a conv operator: ECA's conv
+# keeps PyTorch's default; GC's mask conv He fan-in, its first 1x1 He fan-out, its last 1x1 zeros; SE and CBAM
+# take the operator's own scheme.
+ATTN_SCHEMES = {"torch_default", "fan_in", "fan_out", "zeros"}
 # Per operator: the schemes its convs and linears may carry, and whether the last BN of its residual branch
 # starts at zero (timm's zero_init_last). The source of each is in the operator's module docstring. A newly
 # registered operator fails test_every_operator_declares_its_init until it is added here.
 DECLARED: dict[str, tuple[set[str], bool]] = {
-    "resnet_basic": ({"fan_out"}, True),  # timm resnet.py
-    "resnet_bottleneck": ({"fan_out"}, True),  # timm resnet.py
+    "resnet_basic": ({"fan_out"} | ATTN_SCHEMES, True),  # timm resnet.py
+    "resnet_bottleneck": ({"fan_out"} | ATTN_SCHEMES, True),  # timm resnet.py
     "bot": ({"fan_out"}, True),  # timm byobnet / byoanet
     "xvolution": ({"fan_out"}, True),  # no official code: the ResNet scheme
     "attention_augmented": ({"fan_out"}, True),  # no official PyTorch code: the ResNet scheme
     "acmix": ({"fan_out", "shift", "trunc_normal", "torch_default"}, False),  # LeapLabTHU/ACmix, both layouts
-    "mbconv": ({"fan_out"}, False),  # timm maxxvit _init_conv, efficientnet _init_weight_goog
-    "convnext": ({"trunc_normal"}, False),  # facebookresearch/ConvNeXt
+    "mbconv": ({"fan_out"} | ATTN_SCHEMES, False),  # timm maxxvit _init_conv, efficientnet _init_weight_goog
+    "convnext": ({"trunc_normal"} | ATTN_SCHEMES, False),  # facebookresearch/ConvNeXt
     "swin": ({"trunc_normal"}, False),  # microsoft/Swin-Transformer
     "transformer": ({"xavier"}, False),  # timm maxxvit _init_transformer, ViT's JAX code
-    "repvgg": ({"torch_default"}, False),  # DingXiaoH/RepVGG sets nothing
-    "mobileone": ({"torch_default"}, False),  # apple/ml-mobileone sets nothing
+    "repvgg": ({"torch_default"} | ATTN_SCHEMES, False),  # DingXiaoH/RepVGG sets nothing
+    "mobileone": ({"torch_default"} | ATTN_SCHEMES, False),  # apple/ml-mobileone sets nothing
     "qna": ({"lecun_normal"}, False),  # moabarar/qna: flax lecun_normal
     "levit": ({"torch_default"}, False),  # facebookresearch/LeViT sets no init (its zero BNs are BatchNorm1d)
     "nat": ({"trunc_normal", "torch_default"}, False),  # SHI-Labs/NAT _init_weights: Linear only
@@ -47,11 +51,20 @@ DECLARED: dict[str, tuple[set[str], bool]] = {
     "maxvit": ({"fan_out", "xavier"}, False),  # timm maxxvit _init_conv / _init_transformer
     "cvt": ({"trunc_normal", "torch_default"}, False),  # microsoft/CvT: Linear only, convs PyTorch's default
     "mvit": ({"trunc_normal", "torch_default"}, False),  # facebookresearch/mvit: Linear only, pooling convs default
+    "uniformer": ({"trunc_normal", "torch_default"}, False),  # Sense-X/UniFormer _init_weights: Linear only
+    "elsa": ({"trunc_normal", "torch_default"}, False),  # damo-cv/ELSA: timm _init_vit_weights, Linear only
+    "gnconv": ({"trunc_normal"}, False),  # raoyongming/HorNet _init_weights
+    "mixformer": ({"trunc_normal", "paddle_default"}, False),  # PaddleClas mixformer.py: Linear; convs Paddle's default
+    "glmix": ({"xavier", "trunc_normal", "torch_default"}, False),  # rayleizhu/GLMix over nn.MultiheadAttention
+    "global_context": ({"fan_out", "fan_in", "zeros"}, True),  # xvjiarui/GCNet ContextBlock + timm resnet
+    "lesa": ({"fan_out"}, False),  # Chenglin-Yang/LESA_classification: kaiming fan_out, zero_init_residual off
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
-                 "small1": "fan_out", "small2": "fan_out",
-                 "levit": "torch_default", "nat": "torch_default", "cvt": "torch_default", "mvit": "torch_default"}
-DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal", "nat": "torch_default", "cvt": "torch_default"}
+                 "small1": "fan_out", "small2": "fan_out", "levit": "torch_default", "nat": "torch_default",
+                 "cvt": "torch_default", "mvit": "torch_default", "uniformer": "torch_default",
+                 "mixformer": "paddle_default", "glnet": "torch_default"}
+DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal", "nat": "torch_default", "cvt": "torch_default",
+                        "uniformer": "torch_default", "glnet": "torch_default"}
 HEAD_DECLARED = {"pool_linear": "torch_default", "norm_pool_linear": "trunc_normal", "pool_norm_linear": "trunc_normal"}
 
 # timm's trunc_normal_(w, std=.02), as the official Swin and ConvNeXt call it: bounds [-2, 2] in absolute units.
@@ -82,6 +95,10 @@ def law(m: nn.Module, scheme: str) -> tuple[float, bool]:
         return TRUNC_STD * truncated_std(TRUNC_BOUND / TRUNC_STD), False
     if scheme == "xavier":  # Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), std a / sqrt(3)
         return math.sqrt(2 / (fan_in + fan_out)), True
+    if scheme == "fan_in":  # He et al. in fan-in mode: N(0, 2 / fan_in)
+        return math.sqrt(2 / fan_in), False
+    if scheme == "paddle_default":  # Paddle's Conv2D default: N(0, 2 / (in_channels x area)), groups not divided out
+        return math.sqrt(2 / (fan_in * getattr(m, "groups", 1))), False
     if scheme == "lecun_normal":  # flax: variance 1 / fan_in, truncated at 2 standard deviations of its parameter
         return 1 / math.sqrt(fan_in), False
     if scheme == "torch_default":  # kaiming_uniform_(a=sqrt(5)): U(-a, a), a = 1 / sqrt(fan_in), std a / sqrt(3)
@@ -140,6 +157,9 @@ def check_module(module: nn.Module, allowed: set[str]) -> dict[str, list[nn.Modu
         if scheme == "shift":
             for m in layers:
                 check_shift(m)
+        elif scheme == "zeros":
+            for m in layers:
+                assert not m.weight.any() and (m.bias is None or not m.bias.any()), m
         else:
             check_weights(layers, scheme)
             check_biases(layers, scheme)

@@ -51,12 +51,15 @@ def _windowed(name: str, kw: dict) -> bool:
     return "window" in spec.extents and layout == "window"
 
 
-def _cases() -> list[tuple[str, dict, str]]:
+def _cases() -> list:
+    """Every operator's default at the ragged (and, windowed, the tiled) shape; its other variants are part of
+    the ``slow`` sweep (``-m slow``), which also runs them at seven more shapes."""
     cases = []
     for name in operators.list_ops():
-        for kw in operators.get_spec(name).variants:
+        for i, kw in enumerate(operators.get_spec(name).variants):
             shapes = ["ragged", "tiled"] if _windowed(name, kw) else ["ragged"]
-            cases += [(name, kw, shape) for shape in shapes]
+            marks = (pytest.mark.slow,) if i else ()
+            cases += [pytest.param(name, kw, shape, marks=marks, id=_case_id(name, kw, shape)) for shape in shapes]
     return cases
 
 
@@ -101,7 +104,7 @@ def _onnx_matches(model: nn.Module, example: torch.Tensor, path: Path, batches: 
 
 
 @needs_onnx
-@pytest.mark.parametrize("name,kw,shape", CASES, ids=[_case_id(*c) for c in CASES])
+@pytest.mark.parametrize("name,kw,shape", CASES)
 def test_operator_converts_to_onnx_and_matches(name, kw, shape, tmp_path):
     widths = ATTENTION_WIDTHS if operators.get_spec(name).family != "conv" else CONV_WIDTHS
     side, blocks = widths[shape]

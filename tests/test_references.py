@@ -33,6 +33,12 @@ PUBLISHED = {
     # CvT-13 without its stage-3 class token (384 params, 19.6 M multiply-adds)
     "cvt_13": (20e6, 4.5e9, 0.05),
     "mvitv2_t": (24e6, 4.7e9, 0.05),
+    "uniformer_s": (22e6, 3.6e9, 0.05),
+    "hornet_t": (22e6, 4.0e9, 0.05),
+    # MixFormer-B4 within 8 % as the issue allows; its head's per-pixel 1280-wide projection is approximated by
+    # a pre-logits layer of the same width (31.5 M multiply-adds fewer)
+    "mixformer_b4": (35e6, 3.6e9, 0.08),
+    "glnet_4g": (27e6, 4.5e9, 0.05),
 }
 
 

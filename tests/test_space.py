@@ -192,3 +192,16 @@ def test_flops_cli_json_has_integer_counts():
     out = json.loads(result.stdout)
     assert isinstance(out["flops"], int) and isinstance(out["params"], int)
     assert sum(out["stages"].values()) == out["flops"]
+
+
+def test_every_operator_of_the_default_space_is_sampled_in_every_stage_that_offers_it():
+    """300 random Archs: each stage's counts add up to 300, and no operator a stage offers is left out (with 25
+    operators a stage, the chance that a uniform draw misses one is about 25 x (24/25)^300 = 1e-4)."""
+    from nas.space import op_frequencies
+
+    space = load_space("hybrid")
+    counts = op_frequencies(space, 300)
+    for i, stage in enumerate(space.stages):
+        assert sum(counts[i].values()) == 300
+        assert set(counts[i]) == {o.name for o in stage.ops}
+        assert min(counts[i].values()) > 0, (i, counts[i])
