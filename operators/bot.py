@@ -27,7 +27,28 @@ from ._registry import register_op
 from .resnet import Bottleneck
 
 
-class BoTMHSA(nn.Module):
+class ValueNormMixer(nn.Module):
+    """The tail the attention bottleneck mixers share (BoT, HaloNet, SASA): BN then ReLU after the attention
+    (``finish``). At deploy the BN folds into the value rows of the 1x1 projection named by ``values`` (the
+    attention output, and its average pooling, are convex combinations of values, so a per-channel affine map
+    of the output is the same map of the values)."""
+
+    values = "qkv"  # the attribute holding the 1x1 conv whose last ``dim`` outputs are the values
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            out = self.bn(out)
+        return self.act(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        setattr(self, self.values, fold_bn_into_values(getattr(self, self.values), self.bn))
+        self.bn = None
+
+
+class BoTMHSA(ValueNormMixer):
     def __init__(self, dim: int, stride: int = 1, heads: int = 4, rel_extent: int = 14):
         super().__init__()
         self.heads = heads
@@ -43,17 +64,7 @@ class BoTMHSA(nn.Module):
         q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
         q = q * (c // self.heads) ** -0.5
         out = merge_heads(attend(q, k, v, self.rel(q, h, w), scale=1.0))
-        out = self.pool(out.transpose(1, 2).reshape(b, c, h, w))
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
-        self.qkv = fold_bn_into_values(self.qkv, self.bn)
-        self.bn = None
+        return self.finish(self.pool(out.transpose(1, 2).reshape(b, c, h, w)))
 
 
 def fold_bn_into_values(qkv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

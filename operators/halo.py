@@ -46,7 +46,7 @@ from torch import nn
 from ._attention import attend
 from ._layers import check_heads, default_heads, pool_ceil, trunc_normal_
 from ._registry import register_op
-from .bot import fold_bn_into_values
+from .bot import ValueNormMixer
 from .resnet import Bottleneck
 
 
@@ -97,8 +97,10 @@ def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: tor
     return out[:, :, :ho, :wo]
 
 
-class HaloAttention(nn.Module):
+class HaloAttention(ValueNormMixer):
     """The bottleneck mixer: halo attention, then BN + ReLU."""
+
+    values = "kv"
 
     def __init__(self, dim: int, stride: int = 1, heads: int = 8, block: int = 8, halo: int = 3):
         super().__init__()
@@ -117,17 +119,7 @@ class HaloAttention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=1)
         out = halo_attention(self.q(x), k, v, self.rel_h, self.rel_w, self.heads, self.block, self.halo,
                              self.step)
-        out = self.pool(out)
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
-        self.kv = fold_bn_into_values(self.kv, self.bn)
-        self.bn = None
+        return self.finish(self.pool(out))
 
 
 def _positive(name: str, value, low: int, hint: str) -> None:

@@ -41,7 +41,7 @@ from torch import nn
 
 from ._layers import pool_ceil
 from ._registry import register_op
-from .bot import fold_bn_into_values
+from .bot import ValueNormMixer
 from .resnet import Bottleneck
 
 
@@ -75,7 +75,7 @@ def sasa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_row: t
     return out.squeeze(-2).transpose(-1, -2).reshape(bsz, c, h, w)
 
 
-class SASAttention(nn.Module):
+class SASAttention(ValueNormMixer):
     """The bottleneck mixer: SASA local attention (average pooled at stride 2), then BN + ReLU."""
 
     def __init__(self, dim: int, stride: int = 1, heads: int = 8, kernel: int = 7):
@@ -92,17 +92,7 @@ class SASAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=1)
-        out = self.pool(sasa_attention(q, k, v, self.rel_row, self.rel_col, self.heads, self.kernel))
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
-        self.qkv = fold_bn_into_values(self.qkv, self.bn)
-        self.bn = None
+        return self.finish(self.pool(sasa_attention(q, k, v, self.rel_row, self.rel_col, self.heads, self.kernel)))
 
 
 def sasa_heads(dim: int, heads: int | None) -> int:
