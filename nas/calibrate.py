@@ -60,6 +60,7 @@ class Setup:
     data_dir: str | None
     settings: dict[str, dict[str, Any]]
     reference: dict[str, Any]
+    reference_seeds: int = 1  # > 1: the reference is trained again from other seeds, to measure its own noise
 
     def proxies(self) -> dict[str, ProxySettings]:
         return {name: ProxySettings(**knobs) for name, knobs in self.settings.items()}
@@ -134,9 +135,11 @@ class CalibrationDir:
 def check_same_setup(stored: dict[str, Any], setup: Setup, folder: Path) -> None:
     """Refuse a rerun whose setup differs from the stored one, naming the first difference."""
     mine = dataclasses.asdict(setup)
-    for key in mine:
-        if stored.get(key) != mine[key]:
-            raise OpmixError(f"{folder} holds a calibration with {key} {stored.get(key)!r}, not {mine[key]!r}; "
+    defaults = {f.name: f.default for f in dataclasses.fields(Setup) if f.default is not dataclasses.MISSING}
+    for key in mine:  # a field added since the folder was written reads as its default
+        theirs = stored.get(key, defaults.get(key))
+        if theirs != mine[key]:
+            raise OpmixError(f"{folder} holds a calibration with {key} {theirs!r}, not {mine[key]!r}; "
                              f"rerun with its own setup to continue it, or pick another --out")
 
 
@@ -207,7 +210,7 @@ def _jobs(setup: Setup, archs: list[dict[str, Any]]) -> list[tuple[int, str, int
     for name in setup.settings:
         seeds = range(setup.seeds) if name == cheapest else range(1)
         jobs += [(a["index"], name, setup.seed + s) for s in seeds for a in archs]
-    jobs += [(a["index"], REFERENCE, setup.seed) for a in archs]
+    jobs += [(a["index"], REFERENCE, setup.seed + s) for s in range(setup.reference_seeds) for a in archs]
     return jobs
 
 
@@ -327,10 +330,12 @@ def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started
 
 # ------------------------------------------------------------------------------------------------ analysis
 def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dict[str, dict[int, list[float]]],
-                                                            dict[str, list[float]]]:
-    """The reference accuracy per arch; per rung (each setting, FLOPs, params, each zero-cost score) the
-    score(s) per arch (several for a setting repeated over seeds); per rung the seconds each job took."""
+                                                            dict[str, list[float]], dict[int, list[float]]]:
+    """The reference accuracy per arch (from the run's own seed); per rung (each setting, FLOPs, params, each
+    zero-cost score) the score(s) per arch (several for a setting repeated over seeds); per rung the seconds
+    each job took; and per arch the reference accuracies of every seed, the run's own first."""
     reference: dict[int, float] = {}
+    reference_seeds: dict[int, dict[int, float]] = collections.defaultdict(dict)
     rungs: dict[str, dict[int, list[float]]] = {n: {} for n in setup.settings}
     rungs["flops"] = {a["index"]: [float(a["flops"])] for a in archs}
     rungs["params"] = {a["index"]: [float(a["params"])] for a in archs}
@@ -340,7 +345,9 @@ def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dic
         if "error" in r:
             continue
         if r["setting"] == REFERENCE:
-            reference[r["arch"]] = r["accuracy"]
+            reference_seeds[r["arch"]][r["seed"]] = r["accuracy"]
+            if r["seed"] == setup.seed:
+                reference[r["arch"]] = r["accuracy"]
         elif r["setting"] == ZERO_COST:
             for name, value in r["scores"].items():
                 rungs.setdefault(name, {})[r["arch"]] = [value]
@@ -350,7 +357,8 @@ def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dic
             cost[r["setting"]].append(r.get("seconds", 0.0))
     for (name, arch), by_seed in seeds.items():  # in seed order: the first is the run's own seed
         rungs[name][arch] = [by_seed[s] for s in sorted(by_seed)]
-    return reference, rungs, cost
+    by_arch = {a: [by_seed[s] for s in sorted(by_seed)] for a, by_seed in reference_seeds.items() if a in reference}
+    return reference, rungs, cost, by_arch
 
 
 def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]],
@@ -358,8 +366,10 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
     """Per rung: tau-b and rho against the reference with bootstrap 90 % intervals, top-3/top-5 overlap, seed
     noise and cost; over the architectures whose reference and rung are both done. A proxy setting is scored
     by its first seed's accuracy, as a search sees it (one seed per candidate); a setting repeated over seeds
-    gets a second row, ``NAME xK``, scored by the mean over its seeds."""
-    reference, rungs, cost = _scores_by_rung(setup, archs, results)
+    gets a second row, ``NAME xK``, scored by the mean over its seeds. With the reference trained from more
+    than one seed, a row ``reference seed 2`` scores its second seed against its first: the ceiling of any
+    rung's agreement with a reference of one seed, and the reference's own seed sd."""
+    reference, rungs, cost, reference_seeds = _scores_by_rung(setup, archs, results)
     rows = []
     for name, per_arch in rungs.items():
         common = sorted(i for i in per_arch if i in reference and all(np.isfinite(per_arch[i])))
@@ -379,6 +389,14 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
             rows += [row, {**mean, "seed_sd": row["seed_sd"], "seeds": repeats}]
         else:
             rows.append(row)
+    repeated = sorted(i for i, accs in reference_seeds.items() if len(accs) > 1)
+    if repeated:
+        row = _row("reference seed 2", "reference", {i: reference_seeds[i][1] for i in repeated}, reference,
+                   resamples, float(np.mean(cost[REFERENCE])) if cost[REFERENCE] else 0.0)
+        k = min(len(reference_seeds[i]) for i in repeated)
+        row["seed_sd"] = float(np.mean([np.std(reference_seeds[i][:k], ddof=1) for i in repeated]))
+        row["seeds"] = k
+        rows.append(row)
     ref_cost = cost[REFERENCE]
     return {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
             "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
@@ -415,7 +433,7 @@ def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
     main = by.get(next(iter(setup.settings)))
     if not main or main["n"] < 3:
         return {}
-    noise = next((r["seed_sd"] for r in rows if r["seed_sd"] is not None), None)
+    noise = next((r["seed_sd"] for r in rows if r["seed_sd"] is not None and r["kind"] == "proxy"), None)
     size_taus = [by[k]["tau"] for k in ("flops", "params") if k in by]
     pick = main.get("pick", {})
     return {
@@ -450,6 +468,11 @@ def print_report(report: dict[str, Any], out=print) -> None:
         t5 = f"{r['top5']}/5" if r["top5"] is not None else "-"
         out(f"{r['rung']:>14s} {r['n']:3d} {r['tau']:+6.2f} {_fmt_interval(r['tau_90']):>16s} {r['rho']:+6.2f} "
             f"{_fmt_interval(r['rho_90']):>16s} {t3:>5s} {t5:>5s} {sd:>8s} {r['seconds_per_candidate']:7.1f}")
+    ceiling = next((r for r in report["rows"] if r["kind"] == "reference"), None)
+    if ceiling:
+        out(f"the reference from its second seed agrees with its first to tau-b {ceiling['tau']:+.2f} "
+            f"{_fmt_interval(ceiling['tau_90'])}, seed sd {ceiling['seed_sd']:.4f}: the ceiling for every rung "
+            f"above; accuracy differences within that sd are noise")
     for r in report["rows"]:
         if r.get("tau_per_seed"):
             out(f"tau-b of '{r['rung']}' seed by seed: {', '.join(f'{t:+.2f}' for t in r['tau_per_seed'])}")
@@ -472,7 +495,7 @@ def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reference, rungs, _ = _scores_by_rung(setup, archs, results)
+    reference, rungs, _, _ = _scores_by_rung(setup, archs, results)
     names = list(setup.settings)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
     rows = {r["rung"]: r for r in report["rows"]}
@@ -506,6 +529,8 @@ def _parser() -> _cli.Parser:
     p.add_argument("--space", default="hybrid", help="a space YAML file or a built-in name (default: hybrid)")
     p.add_argument("--archs", type=int, default=20, help="architectures to sample (default: 20)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the cheapest setting, for noise (default: 3)")
+    p.add_argument("--reference-seeds", type=int, default=1, help="train the reference from this many seeds, "
+                   "to measure its own noise: the ceiling of every rung's tau (default: 1)")
     p.add_argument("--settings", default=None, help="YAML with 'settings' (named proxy settings) and "
                    "'reference'; default: the search's proxy against the whole split at 3x its epochs")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100 or "
@@ -526,6 +551,9 @@ def _setup_from_args(args) -> Setup:
                          f"for intervals worth reading)")
     if args.seeds < 1:
         raise OpmixError(f"--seeds {args.seeds} must be at least 1 (2 or more to measure seed noise)")
+    if args.reference_seeds < 1:
+        raise OpmixError(f"--reference-seeds {args.reference_seeds} must be at least 1 (2 to measure the "
+                         f"reference's own noise)")
     if args.cpus_per_job < 1:
         raise OpmixError(f"--cpus-per-job {args.cpus_per_job} must be at least 1")
     path = resolve_space_path(args.space)
@@ -535,7 +563,7 @@ def _setup_from_args(args) -> Setup:
                  budget=parse_budget(args.budget), archs=args.archs, seeds=args.seeds, seed=args.seed,
                  dataset=args.dataset, data_dir=args.data_dir,
                  settings={n: dataclasses.asdict(s) for n, s in settings.items()},
-                 reference=dataclasses.asdict(reference))
+                 reference=dataclasses.asdict(reference), reference_seeds=args.reference_seeds)
 
 
 def _main(argv: list[str] | None) -> int:

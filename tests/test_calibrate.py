@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.calibrate import REFERENCE, ZERO_COST, Setup, analyze, sample_archs
+from nas.calibrate import REFERENCE, ZERO_COST, Setup, _jobs, analyze, check_same_setup, print_report, sample_archs
+from nas.errors import OpmixError
 from nas.space import load_space
 from nas.stats import kendall_tau_b
 from search_helpers import write_space, write_tiny_fashion
@@ -192,3 +194,35 @@ def test_analyze_on_known_numbers():
     t = report["targets"]
     assert t["tau_at_least_0.6"] and t["top3_holds_2"] and t["pick_within_one_seed_sd"]
     assert not t["tau_interval_above_flops_and_params"]  # params order them perfectly too: no win over size
+
+
+def test_a_second_reference_seed_measures_the_ceiling():
+    """Seed 2 of the reference swaps the two best architectures: tau-b = 1 - 2 * 1 / C(6, 2) = 13/15 against
+    seed 1, and the proxy (ordered as seed 1) is scored against seed 1 alone."""
+    ref = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    ref2 = [0.5, 0.6, 0.7, 0.8, 0.9, 0.85]
+    archs = [{"index": i, "flops": 100 - i, "params": 10 + i} for i in range(6)]
+    results = [{"arch": i, "setting": REFERENCE, "seed": 1, "accuracy": a, "seconds": 9.0} for i, a in enumerate(ref2)]
+    results += [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a, "seconds": 9.0} for i, a in enumerate(ref)]
+    results += [{"arch": i, "setting": "p", "seed": 0, "accuracy": a - 0.3, "seconds": 2.0} for i, a in enumerate(ref)]
+    setup = dataclasses.replace(_setup(seeds=1), reference_seeds=2)
+    assert sum(j[1] == REFERENCE for j in _jobs(setup, archs)) == 12
+    report = analyze(setup, archs, results, resamples=200)
+    rows = {r["rung"]: r for r in report["rows"]}
+    assert rows["p"]["tau"] == 1  # the run's own seed is the reference, whatever the order of the lines
+    ceiling = rows["reference seed 2"]
+    assert ceiling["kind"] == "reference" and ceiling["tau"] == pytest.approx(13 / 15) and ceiling["n"] == 6
+    assert ceiling["seed_sd"] == pytest.approx(2 / 6 * np.std([0.85, 0.9], ddof=1))
+    assert report["targets"]["seed_sd"] is None  # the reference's noise is not the proxy's
+    lines = []
+    print_report(report, out=lines.append)
+    assert any("+0.87" in line and "ceiling" in line for line in lines)
+
+
+def test_a_folder_written_before_a_setup_field_existed_continues(tmp_path):
+    """calibration.yaml files from before reference_seeds read it as its default, 1; any other value refuses."""
+    stored = dataclasses.asdict(_setup())
+    del stored["reference_seeds"]
+    check_same_setup(stored, _setup(), tmp_path)
+    with pytest.raises(OpmixError, match="reference_seeds 1, not 2"):
+        check_same_setup(stored, dataclasses.replace(_setup(), reference_seeds=2), tmp_path)
