@@ -22,7 +22,7 @@ from typing import Any
 
 from . import _cli, plugins
 from ._confirm import SEEDS
-from ._loop import SearchConfig, check_resources, search
+from ._loop import SearchConfig, check_resources, search, storage_to_resume, storage_to_store
 from ._summary import print_summary
 from .errors import OpmixError
 from .flops import format_flops, parse_budget
@@ -63,7 +63,7 @@ def _parser() -> _cli.Parser:
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue the run --name after an interruption")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///RUN/study.db), "
-                   "e.g. postgresql://user@host/db")
+                   "e.g. postgresql://user@host/db; a password in it is not written to the run folder")
     p.add_argument("--address", default=None, help="join a Ray cluster (e.g. 10.0.0.1:6379 or 'auto'); "
                    "default: start Ray on this machine")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
@@ -162,6 +162,7 @@ def _main(argv: list[str] | None) -> int:
     from .space import load_space
 
     previous = run.read_config() if args.resume else {}
+    storage = storage_to_resume(previous.get("storage"), args.storage) if args.resume else args.storage
     imports = list(dict.fromkeys([*previous.get("imports", []), *args.imports]))  # the run's, then new ones
     plugins.import_modules(imports)
     if args.resume:  # the run's own copy of its space, whatever became of the original file
@@ -176,10 +177,7 @@ def _main(argv: list[str] | None) -> int:
     start_ray(args.address, imports)
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
     if args.resume:
-        storage, study_name = previous.get("storage"), previous.get("study_name", "opmix")
-        if args.storage and args.storage != storage:
-            raise OpmixError(f"--resume: this run's study is in {storage or 'its own study.db'}, not --storage "
-                             f"{args.storage}; drop --storage to continue it where it is")
+        study_name = previous.get("study_name", "opmix")
         if imports != previous.get("imports", []):  # a module added on resume stays the run's
             run.write_config({**previous, "imports": imports})
     else:
@@ -187,9 +185,9 @@ def _main(argv: list[str] | None) -> int:
 
         from .space import resolve_space_path
 
-        storage, study_name = args.storage, f"opmix-{name}-{secrets.token_hex(4)}"
-        run.write_config({**dataclasses.asdict(config), "storage": storage, "study_name": study_name,
-                          "imports": imports})
+        study_name = f"opmix-{name}-{secrets.token_hex(4)}"
+        run.write_config({**dataclasses.asdict(config), "storage": storage_to_store(storage),
+                          "study_name": study_name, "imports": imports})
         shutil.copyfile(resolve_space_path(config.space), run.space)  # the run keeps the space it searched
     try:
         summary = search(config, run=run, resume=args.resume, storage=storage, study_name=study_name,
@@ -198,7 +196,9 @@ def _main(argv: list[str] | None) -> int:
                          imports=tuple(imports))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are kept in {run.trials}. Continue with:\n"
-              f"  {PROG} --budget {args.budget} --resume --name {name} --runs-dir {runs_dir}", file=sys.stderr)
+              f"  {PROG} --budget {args.budget} --resume --name {name} --runs-dir {runs_dir}"
+              + (" --storage URL  (the full URL: its password is not kept)"
+                 if storage and storage_to_store(storage) != storage else ""), file=sys.stderr)
         return 130
     print_summary(summary, config.budget)
     return 0 if summary["by_status"]["completed"] else 1

@@ -110,15 +110,21 @@ def assert_study_is_the_runs(run: Path, url: str) -> optuna.Study:
 
 
 # --------------------------------------------------------------------------------- two runs at once, one database
+def _with_password(url: str, password: str = "not-kept") -> str:
+    return url.replace(f"{PG_USER}@", f"{PG_USER}:{password}@", 1)
+
+
 @pytest.fixture(scope="module")
 def two_runs(url, workdir):
-    """Two searches started at the same moment, different --name and --seed, the same --storage."""
+    """Two searches started at the same moment, different --name and --seed, the same --storage (alpha's with a
+    password, which the trust-auth server ignores and the run folder must not keep)."""
     names, procs, logs = ("alpha", "beta"), [], []
     try:
         for seed, name in enumerate(names, start=1):
             log = open(workdir / f"{name}.out", "w+")
             logs.append(log)
-            args = small_args(workdir, "--trials", "3", "--name", name, "--seed", str(seed), "--storage", url)
+            storage = _with_password(url) if name == "alpha" else url
+            args = small_args(workdir, "--trials", "3", "--name", name, "--seed", str(seed), "--storage", storage)
             procs.append(subprocess.Popen([sys.executable, "-m", "nas.search", *args], cwd=workdir, env=clean_env(),
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.time() + 600
@@ -142,7 +148,9 @@ def two_runs(url, workdir):
 def test_two_concurrent_searches_keep_their_own_studies(two_runs, url):
     configs = {name: config_of(run) for name, run in two_runs.items()}
     for name, config in configs.items():
-        assert config["storage"] == url and config["study_name"].startswith(f"opmix-{name}-"), config
+        assert config["storage"] == (_with_password(url, "***") if name == "alpha" else url), config
+        assert config["study_name"].startswith(f"opmix-{name}-"), config
+        assert "not-kept" not in (two_runs[name] / "config.yaml").read_text()
         assert not (two_runs[name] / "study.db").exists()  # the study is in PostgreSQL, not beside the run
     assert configs["alpha"]["study_name"] != configs["beta"]["study_name"]
     for name, run in two_runs.items():
@@ -159,8 +167,11 @@ def test_resume_on_the_database_grows_the_runs_own_study(two_runs, url, workdir)
     study_before = optuna.load_study(study_name=config["study_name"], storage=url)
     n_before = len(study_before.trials)
     names_before = sorted(optuna.get_all_study_names(storage=url))
-    result = run_search(*small_args(workdir, "--name", "alpha", "--resume", "--trials", "5", confirm=None),
-                        cwd=workdir)  # no --storage: the run's config.yaml names its database and study
+    args = small_args(workdir, "--name", "alpha", "--resume", "--trials", "5", confirm=None)
+    refused = run_search(*args, cwd=workdir)  # the run's config.yaml names its database, but not the password
+    assert refused.returncode == 2 and "pass --storage with the full URL" in refused.stderr, output(refused)
+    assert candidates(run) == before
+    result = run_search(*args, "--storage", _with_password(url), cwd=workdir)
     assert result.returncode == 0, output(result)
     assert config_of(run) == config
     after = candidates(run)

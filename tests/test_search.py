@@ -12,6 +12,8 @@ import optuna
 import pytest
 import yaml
 
+from nas._loop import storage_to_resume, storage_to_store
+from nas.errors import OpmixError
 from nas.rundir import RunDir
 from search_helpers import clean_env, write_space, write_tiny_fashion
 
@@ -164,6 +166,24 @@ def test_existing_name_without_resume_is_refused_and_untouched(finished_run, wor
 def test_resume_refuses_a_contradicting_flag(finished_run, workdir):
     result = run_search(*small_args(workdir, "--name", "tiny", "--resume", "--sampler", "random"), cwd=workdir)
     assert result.returncode == 2 and "sampler was 'tpe'" in result.stderr
+
+
+def test_a_storage_password_stays_out_of_the_run_folder():
+    """config.yaml keeps the URL with its password as ***; a resume takes the full URL again, or says so."""
+    url = "postgresql+psycopg2://bob:s%40cret@db.example:5432/optuna?sslmode=require"
+    stored = storage_to_store(url)
+    assert stored == "postgresql+psycopg2://bob:***@db.example:5432/optuna?sslmode=require"
+    for plain in ("postgresql://bob@db.example/optuna", "sqlite:////tmp/study.db", "not a url", None):
+        assert storage_to_store(plain) == plain
+    assert storage_to_resume(stored, url) == url
+    with pytest.raises(OpmixError, match=r"study is in postgresql\+psycopg2://bob:\*\*\*@db.* pass --storage"):
+        storage_to_resume(stored, None)
+    with pytest.raises(OpmixError, match=r"not --storage postgresql://bob:\*\*\*@elsewhere/optuna; drop"):
+        storage_to_resume(stored, "postgresql://bob:s%40cret@elsewhere/optuna")
+    assert storage_to_resume("sqlite:////tmp/study.db", None) == "sqlite:////tmp/study.db"
+    assert storage_to_resume(None, None) is None
+    with pytest.raises(OpmixError, match="its own study.db"):
+        storage_to_resume(None, "sqlite:////tmp/other.db")
 
 
 def test_resume_trains_only_new_candidates(finished_run, workdir):
