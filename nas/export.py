@@ -27,7 +27,8 @@ operator(s) of the arch whose conversion fails and the way out, ``--no-onnx``, a
 written then and an existing output is left as it was. Stopping, rather than going on without
 ``model.onnx``, keeps the promise above: an export that reports success with the packages installed holds
 a checked ONNX file, so a pipeline that reads it is never handed a folder without it; ``--no-onnx`` asks
-for the folder without it explicitly (``model.pt2`` runs the same network).
+for the folder without it explicitly (``model.pt2`` runs the same network). A network that ``torch.export``
+cannot trace (at either batch) stops the export the same way, with ``--no-pt2`` as the way out.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from .pareto import analyze
 from .rundir import arch_line, load_run
 from .errors import OpmixError
 
-__all__ = ["export", "pick_trial", "ExportCheckError", "OnnxConversionError"]
+__all__ = ["export", "pick_trial", "ExportCheckError", "OnnxConversionError", "Pt2ExportError"]
 
 PROG = "python -m nas.export"
 INIT_SEED = 0  # torch.manual_seed(INIT_SEED); build() gives the weights an export without --weights carries
@@ -65,6 +66,11 @@ class ExportCheckError(RuntimeError):
 
 class OnnxConversionError(OpmixError):
     """The deploy network does not convert to ONNX (or ONNX Runtime cannot run it); ``--no-onnx`` skips it."""
+
+
+class Pt2ExportError(OpmixError):
+    """``torch.export`` cannot trace the deploy network (a plug-in operator's Python control flow on tensor
+    values, say); ``--no-pt2`` skips ``deploy/model.pt2``."""
 
 
 def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) -> dict[str, Any]:
@@ -275,10 +281,11 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _failing_stages(deploy: nn.Module, example: torch.Tensor, stage_ops: list[str], folder: Path
-                    ) -> list[tuple[int, str]] | None:
-    """(stage number from 1, operator) of each stage of ``deploy`` (``stages.<i>``) that does not convert to
-    ONNX alone, at the input it gets from ``example``; None when the stages cannot be taken apart."""
+def _failing_stages(deploy: nn.Module, example: torch.Tensor, stage_ops: list[str],
+                    convert: Callable[[int, nn.Module, torch.Tensor], Any]) -> list[tuple[int, str]] | None:
+    """(stage number from 1, operator) of each stage of ``deploy`` (``stages.<i>``) that ``convert(i, stage,
+    its input)`` fails on alone, at the input it gets from ``example``; None when the stages cannot be taken
+    apart."""
     stages = getattr(deploy, "stages", None)
     if stages is None or len(stages) != len(stage_ops):
         return None
@@ -293,30 +300,47 @@ def _failing_stages(deploy: nn.Module, example: torch.Tensor, stage_ops: list[st
             hook.remove()
     failing = []
     for i, (stage, op) in enumerate(zip(stages, stage_ops)):
-        path = folder / f"stage{i}.onnx"
         try:
-            _onnx_export_any_batch(stage, inputs[i], path)
-            _onnx_run(path, inputs[i])
+            convert(i, stage, inputs[i])
         except Exception:  # noqa: BLE001 (each stage's failure is what this looks for)
             failing.append((i + 1, op))
     return failing
 
 
-def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log: Callable[[str], None],
-                     *, onnx: bool = True, stage_ops: list[str] | None = None) -> dict[str, Any]:
-    """``model.pt2`` (torch.export) and, when the packages are there and ``onnx``, ``model.onnx``; each
-    checked. A failed ONNX conversion raises ``OnnxConversionError`` naming the stages of ``stage_ops`` (the
-    arch's operator per stage) that fail."""
-    folder.mkdir()
-    with torch.no_grad():
-        want = deploy(example)
+def _conversion_failure(what: str, flag: str, exc: BaseException, where: list[tuple[int, str]] | None,
+                        stage_ops: list[str] | None, without: str) -> str:
+    """The one line for a failed conversion: the stages (and operators) that fail alone, or else the network's
+    operators; the cause; and the way out, ``flag`` (``without``: what the export then holds)."""
+    if where:  # the stages that fail alone
+        ops = list(dict.fromkeys(op for _, op in where))
+        stages = " in " + ", ".join(f"stage {i} ({op})" for i, op in where)
+    else:  # every stage converts alone (the stem, the head or the whole fails), or no stages to try
+        ops = list(dict.fromkeys(stage_ops or []))
+        stages = f" for the network of {', '.join(ops)}" if ops else ""
+        if where == []:
+            stages += ", though each stage converts alone"
+    other = ", or pick a trial without " + " or ".join(ops) if where else ""
+    return (f"the {what} of the deploy network failed{stages} ({_root_cause(exc)}); nothing was written. Export "
+            f"again with {flag} to get {without}{other}")
+
+
+def _export_pt2(deploy: nn.Module, example: torch.Tensor, want: torch.Tensor, folder: Path,
+                log: Callable[[str], None], stage_ops: list[str] | None) -> dict[str, Any]:
+    """``model.pt2``: ``torch.export`` at a dynamic batch, else at the example's; checked against ``want``."""
     report: dict[str, Any] = {}
     batch = torch.export.Dim("batch", min=1, max=1024)  # the example's batch is 2: a batch of 1 would pin it
     try:
         program = torch.export.export(deploy, (example,), dynamic_shapes=({0: batch},))
         report["pt2_dynamic_batch"] = True
     except Exception:  # noqa: BLE001 (shape arithmetic that pins the batch: export at the example's)
-        program = torch.export.export(deploy, (example,))
+        try:
+            program = torch.export.export(deploy, (example,))
+        except Exception as exc:  # noqa: BLE001 (torch.export's errors are of many kinds)
+            where = _failing_stages(deploy, example, stage_ops, lambda _i, stage, x: torch.export.export(
+                stage, (x,))) if stage_ops else None
+            raise Pt2ExportError(_conversion_failure(
+                "torch.export", "--no-pt2", exc, where, stage_ops,
+                "model.py, arch.yaml and deploy/model.onnx without deploy/model.pt2")) from exc
         report["pt2_dynamic_batch"] = False
     torch.export.save(program, folder / "model.pt2")
     loaded = torch.export.load(folder / "model.pt2").module()
@@ -325,6 +349,23 @@ def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log
                                          1e-4, 1e-4)
     log(f"  deploy/model.pt2 (torch.export), max |diff| {report['pt2_err']:.2g}, "
         f"{'dynamic' if report['pt2_dynamic_batch'] else 'fixed'} batch")
+    return report
+
+
+def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log: Callable[[str], None],
+                     *, onnx: bool = True, pt2: bool = True, stage_ops: list[str] | None = None) -> dict[str, Any]:
+    """``model.pt2`` (torch.export) unless not ``pt2``, and, when the packages are there and ``onnx``,
+    ``model.onnx``; each checked. A failed conversion raises ``Pt2ExportError`` or ``OnnxConversionError``
+    naming the stages of ``stage_ops`` (the arch's operator per stage) that fail."""
+    folder.mkdir()
+    with torch.no_grad():
+        want = deploy(example)
+    report: dict[str, Any] = {}
+    if pt2:
+        report.update(_export_pt2(deploy, example, want, folder, log, stage_ops))
+    else:
+        report["pt2_skipped"] = "--no-pt2"
+        log("  deploy/model.pt2 skipped (--no-pt2)")
     if not onnx:
         report["onnx_skipped"] = "--no-onnx"
         log("  deploy/model.onnx skipped (--no-onnx)")
@@ -338,26 +379,21 @@ def _export_programs(deploy: nn.Module, example: torch.Tensor, folder: Path, log
         report["onnx_dynamic_batch"] = _onnx_export_any_batch(deploy, example, path)
         got = _onnx_run(path, example)
     except Exception as exc:  # the exporter's and ONNX Runtime's errors are of many kinds
-        cause = _root_cause(exc)
         where = None
         if stage_ops:
             scratch = folder / "onnx-stages"
             scratch.mkdir(exist_ok=True)
-            where = _failing_stages(deploy, example, stage_ops, scratch)
+
+            def convert(i: int, stage: nn.Module, x: torch.Tensor) -> None:
+                _onnx_export_any_batch(stage, x, scratch / f"stage{i}.onnx")
+                _onnx_run(scratch / f"stage{i}.onnx", x)
+
+            where = _failing_stages(deploy, example, stage_ops, convert)
             shutil.rmtree(scratch, ignore_errors=True)
-        if where:  # the stages that fail alone
-            ops = list(dict.fromkeys(op for _, op in where))
-            stages = " in " + ", ".join(f"stage {i} ({op})" for i, op in where)
-        else:  # every stage converts alone (the stem, the head or the whole fails), or no stages to try
-            ops = list(dict.fromkeys(stage_ops or []))
-            stages = f" for the network of {', '.join(ops)}" if ops else ""
-            if where == []:
-                stages += ", though each stage converts alone"
-        other = ", or pick a trial without " + " or ".join(ops) if where else ""
-        raise OnnxConversionError(
-            f"the ONNX conversion of the deploy network failed{stages} ({cause}); nothing was written. Export "
-            f"again with --no-onnx to get model.py, arch.yaml and deploy/model.pt2 without deploy/model.onnx{other}"
-        ) from exc
+        pt2_text = " and deploy/model.pt2" if pt2 else ""
+        raise OnnxConversionError(_conversion_failure(
+            "ONNX conversion", "--no-onnx", exc, where, stage_ops,
+            f"model.py, arch.yaml{pt2_text} without deploy/model.onnx")) from exc
     try:
         report["onnx_err"] = _check_close("deploy/model.onnx (ONNX Runtime) against the deploy-form model", got,
                                           want, 1e-4, 1e-4)
@@ -374,7 +410,7 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 
 def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path | None = None, force: bool = False,
-           onnx: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+           onnx: bool = True, pt2: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``record``'s network into ``out`` (see the module docstring); returns the figures. With
     ``onnx=False`` there is no ``deploy/model.onnx``; a failed ONNX conversion raises ``OnnxConversionError``
     and writes nothing."""
@@ -410,7 +446,7 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
             save_file({k: v.contiguous() for k, v in standalone.state_dict().items()}, str(tmp / "model.safetensors"))
         deploy = module.reparameterize_model(standalone).eval()
         example = torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(1))
-        report.update(_export_programs(deploy, example, tmp / "deploy", log, onnx=onnx,
+        report.update(_export_programs(deploy, example, tmp / "deploy", log, onnx=onnx, pt2=pt2,
                                        stage_ops=[s.op for s in arch.stages]))
         report.update(train_flops=train_flops, params=params, deploy_flops=record["flops"],
                       lines=len(source.splitlines()))
@@ -465,11 +501,17 @@ def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str
             + f" (checked: max |diff| {report['onnx_err']:.2g}).\n") if "onnx_err" in report else (
             "- no ONNX file: exported with `--no-onnx`.\n" if report.get("onnx_skipped") == "--no-onnx" else
             "- no ONNX file: install `opmix[export]` (onnx, onnxscript, onnxruntime) and export again.\n")
+    pt2 = (f"- `deploy/model.pt2`: the re-parameterized network at {size}, a `torch.export` program with a "
+           f"{'dynamic batch dimension' if report['pt2_dynamic_batch'] else 'fixed batch of 2'} (checked against "
+           f"the deploy form: max |diff| {report['pt2_err']:.2g}).\n") if "pt2_err" in report else (
+           "- no `torch.export` program: exported with `--no-pt2`.\n")
     weights_text = ("- `model.safetensors`: the trained weights given with `--weights` (training form); the "
                     "deploy programs carry them.\n") if weights else (
                     "- no weights: the deploy programs hold the initialization of `torch.manual_seed(0); build()`; "
                     "train the network, or export again with `--weights FILE.safetensors`.\n")
     stages = arch_line(arch.to_dict()).replace("|", "\\|")
+    load_pt2 = ('program = torch.export.load("deploy/model.pt2").module()   # or the ready deploy program\n'
+                if "pt2_err" in report else "")
     return f"""# {_title(record)} of {run_path.name}
 
 | | |
@@ -485,10 +527,7 @@ def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str
 ## Files
 - `model.py`: the network, standalone (torch and the standard library only).
 - `arch.yaml`: the architecture (`nas.arch.load_arch` reads it).
-- `deploy/model.pt2`: the re-parameterized network at {size}, a `torch.export` program with a
-  {'dynamic batch dimension' if report['pt2_dynamic_batch'] else 'fixed batch of 2'} (checked against the deploy \
-form: max |diff| {report['pt2_err']:.2g}).
-{onnx}{weights_text}
+{pt2}{onnx}{weights_text}
 ## Use
 ```python
 import torch
@@ -498,8 +537,7 @@ model = build(num_classes=1000, in_chans=3)   # training form: train it with you
 # model.load_state_dict(safetensors.torch.load_file("model.safetensors"))   # or weights of nas.network.build(arch)
 deployed = reparameterize_model(model.eval())  # deploy form, same outputs, {report['modules'][0]} -> \
 {report['modules'][1]} modules
-program = torch.export.load("deploy/model.pt2").module()   # or the ready deploy program
-```
+{load_pt2}```
 State-dict keys are those of opmix's `nas.network.build(arch)`, so weights move both ways. Re-parameterize
 only after training, in eval mode: it folds BatchNorm statistics.
 """
@@ -520,6 +558,9 @@ def _parser() -> _cli.Parser:
                    "written when onnx, onnxscript and onnxruntime are installed). Without this flag a network that "
                    "does not convert to ONNX stops the export: one line naming its operators, exit code 2, nothing "
                    "written; export again with --no-onnx then")
+    p.add_argument("--no-pt2", dest="pt2", action="store_false", help="do not write deploy/model.pt2 (the "
+                   "torch.export program). Without this flag a network that torch.export cannot trace stops the "
+                   "export the same way; export again with --no-pt2 then")
     plugins.add_import_flag(p)
     return p
 
@@ -538,7 +579,7 @@ def _main(argv: list[str] | None) -> int:
     print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), {_accuracy_text(record)}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:
-        export(run.path, record, out, weights=weights, force=args.force, onnx=args.onnx)
+        export(run.path, record, out, weights=weights, force=args.force, onnx=args.onnx, pt2=args.pt2)
     except ExportCheckError as exc:
         print(f"{PROG}: error: {exc}; nothing was written. Please report it with the run's arch.", file=sys.stderr)
         return 1

@@ -356,20 +356,52 @@ def test_onnx_conversion_failure_is_one_line_exit_2(small_run, tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
 
 
-def test_no_onnx_writes_everything_but_the_onnx_file(small_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flag,module,function,skipped,readme", [
+    ("--no-onnx", torch.onnx, "export", "model.onnx", "exported with `--no-onnx`"),
+    ("--no-pt2", torch.export, "save", "model.pt2", "exported with `--no-pt2`"),
+])
+def test_a_no_flag_writes_everything_but_its_file(small_run, tmp_path, monkeypatch, capsys, flag, module, function,
+                                                  skipped, readme):
     from nas.export import main
 
     def never(*args, **kwargs):
-        raise AssertionError("torch.onnx.export was called with --no-onnx")
+        raise AssertionError(f"{module.__name__}.{function} was called with {flag}")
 
-    monkeypatch.setattr(torch.onnx, "export", never)
+    monkeypatch.setattr(module, function, never)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main([str(small_run), "--out", str(out), flag])
+    captured = capsys.readouterr()
+    assert stop.value.code == 0, captured.err
+    assert f"{skipped} skipped ({flag})" in captured.out
+    for name in ("model.py", "arch.yaml", "README.md", "deploy/model.pt2", "deploy/model.onnx"):
+        expected = name != f"deploy/{skipped}" and (name != "deploy/model.onnx" or _onnx_installed())
+        assert (out / name).is_file() == expected, name
+    text = (out / "README.md").read_text()
+    assert readme in text and ("torch.export.load" in text) == (flag != "--no-pt2")
+
+
+# --- torch.export failures and --no-pt2 --------------------------------------------------------------------------
+
+def test_torch_export_failure_is_one_line_exit_2(small_run, tmp_path, monkeypatch, capsys):
+    """A network torch.export cannot trace (here: any module holding Swin's window attention, made to fail as a
+    plug-in's data-dependent branch would) stops the export with the stage, the cause and --no-pt2."""
+    from nas.export import main
+
+    real = torch.export.export
+
+    def export(model, *args, **kwargs):
+        if any(type(m).__name__ == "WindowAttention" for m in model.modules()):
+            raise RuntimeError("Could not guard on data-dependent expression u0 > 0\n" + "a long report\n" * 50)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", export)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
         main([str(small_run), "--out", str(out), "--no-onnx"])
-    captured = capsys.readouterr()
-    assert stop.value.code == 0, captured.err
-    assert "model.onnx skipped (--no-onnx)" in captured.out
-    for name in ("model.py", "arch.yaml", "README.md", "deploy/model.pt2"):
-        assert (out / name).is_file(), name
-    assert not (out / "deploy" / "model.onnx").exists()
-    assert "exported with `--no-onnx`" in (out / "README.md").read_text()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "torch.export" in err and "stage 2 (swin)" in err and "repvgg" not in err, err
+    assert "data-dependent" in err and "--no-pt2" in err and "nothing was written" in err, err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
