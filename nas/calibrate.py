@@ -495,7 +495,7 @@ def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reference, rungs, _, _ = _scores_by_rung(setup, archs, results)
+    reference, rungs, _, reference_seeds = _scores_by_rung(setup, archs, results)
     names = list(setup.settings)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
     rows = {r["rung"]: r for r in report["rows"]}
@@ -504,12 +504,16 @@ def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None
         xs = [np.mean(rungs[name][i]) for i in common]
         lo = [np.mean(rungs[name][i]) - min(rungs[name][i]) for i in common]
         hi = [max(rungs[name][i]) - np.mean(rungs[name][i]) for i in common]
-        ax.errorbar(xs, [reference[i] for i in common], xerr=[lo, hi], fmt="o", ms=4, capsize=2)
+        ys = [reference[i] for i in common]
+        ylo = [ys[k] - min(reference_seeds[i]) for k, i in enumerate(common)]  # the reference's own seeds
+        yhi = [max(reference_seeds[i]) - ys[k] for k, i in enumerate(common)]
+        ax.errorbar(xs, ys, xerr=[lo, hi], yerr=[ylo, yhi], fmt="o", ms=4, capsize=2)
         r = rows[name]
         ax.set_title(f"{name}: tau-b {r['tau']:+.2f} {_fmt_interval(r['tau_90'])} (first seed), n={r['n']}",
                      fontsize=9)
         ax.set_xlabel("proxy accuracy (mean over seeds; bars: their range)")
-        ax.set_ylabel("reference accuracy")
+        ax.set_ylabel("reference accuracy" + (" (bars: its seeds)"
+                                              if any(len(v) > 1 for v in reference_seeds.values()) else ""))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")

@@ -18,9 +18,10 @@ for what in "${@:-fashion cifar10}"; do
       cifar10)  # the JPEG re-encoding in ../shared/data (see its README), extracted outside the project
         [ -d /work/data/train ] || { mkdir -p /work/data && tar -xzf ../shared/data/cifar-10-jpeg.tar.gz -C /work/data; }
         python -m nas.calibrate --out "$results/cifar10" "${common[@]}" --dataset imagefolder:/work/data/train ;;
-      cifar10-catalog)
+      cifar10-catalog)  # its references (two seeds) were trained on an H100 by gpu_jobs.py, the rest here
         [ -d /work/data/train ] || { mkdir -p /work/data && tar -xzf ../shared/data/cifar-10-jpeg.tar.gz -C /work/data; }
-        python -m nas.calibrate --out "$results/cifar10-catalog" "${common[@]}" --dataset imagefolder:/work/data/train ;;
+        python -m nas.calibrate --out "$results/cifar10-catalog" "${common[@]}" --dataset imagefolder:/work/data/train \
+          --reference-seeds 2 ;;
       *) echo "run.sh: unknown calibration '$w'; use fashion, cifar10 or cifar10-catalog" >&2; exit 2 ;;
     esac
   done
