@@ -5,7 +5,9 @@ budget, spread over FLOPs and operator families; train each at one or more proxy
 setting of much higher fidelity; score each at zero cost (FLOPs, parameters, training-free scores at
 initialization, ``nas.zero_cost``); then ask how well each rung orders the architectures the way the reference
 does: Kendall tau-b and Spearman rho with bootstrap 90 % intervals, top-3 and top-5 overlap, seed noise (the
-cheapest setting is repeated with ``--seeds K``) and cost per candidate.
+cheapest setting is repeated with ``--seeds K``) and cost per candidate. ``--reference-seeds 2`` measures the
+reference against itself (the ceiling), and the report replays a search's confirmation rung: the first
+setting's top 3 re-ranked by each other setting, and that pick's standing by the reference.
 
 The output folder is the calibration's memory: ``calibration.yaml`` (the setup: space, budget, dataset,
 settings, reference, seeds), ``archs.jsonl`` (the sample, written once), ``results.jsonl`` (one line per
@@ -41,6 +43,7 @@ __all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "sa
 
 PROG = "python -m nas.calibrate"
 ZERO_COST = "zero_cost"
+CONFIRM_TOP = 3  # the search's default --confirm: how many of the first setting's best a confirmation retrains
 REFERENCE = "reference"
 DEFAULT_REFERENCE = {"max_train": None, "epochs": 3 * ProxySettings().epochs}  # the whole split, 3x the epochs
 
@@ -399,9 +402,34 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
         rows.append(row)
     ref_cost = cost[REFERENCE]
     return {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
+            "confirmed_picks": _confirmed_picks(setup, rungs, reference, rows),
             "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
             "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
             "rows": rows, "targets": _targets(rows, setup)}
+
+
+def _confirmed_picks(setup: Setup, rungs: dict[str, dict[int, list[float]]], reference: dict[int, float],
+                     rows: list[dict[str, Any]], k: int = CONFIRM_TOP) -> list[dict[str, Any]]:
+    """The pick of a search with a confirmation rung, played out on the calibration: the top ``k`` by the first
+    setting (its first seed, as the search sees them), re-ranked by each other setting (its mean over seeds).
+    Re-ranked scores within the first setting's seed sd of the pick's are its ties."""
+    first = next(iter(setup.settings))
+    noise = next((r["seed_sd"] for r in rows if r["rung"] == first), None)
+    done = {i: v[0] for i, v in rungs[first].items() if i in reference and np.isfinite(v[0])}
+    top = sorted(done, key=lambda i: -done[i])[:k]
+    if len(top) < k or not reference:
+        return []
+    picks = []
+    for name in list(setup.settings)[1:]:
+        if not all(i in rungs[name] for i in top):
+            continue
+        confirmed = {i: float(np.mean(rungs[name][i])) for i in top}
+        pick = max(top, key=lambda i: confirmed[i])
+        ties = [i for i in top if i != pick and noise is not None and confirmed[pick] - confirmed[i] <= noise]
+        picks.append({"setting": name, "top": top, "scores": [confirmed[i] for i in top], "pick": pick,
+                      "ties": ties, "reference": reference[pick], "best_reference": max(reference.values()),
+                      "rank": 1 + sum(r > reference[pick] for r in reference.values())})
+    return picks
 
 
 def _row(name: str, kind: str, scores: dict[int, float], reference: dict[int, float], resamples: int,
@@ -439,7 +467,8 @@ def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
     return {
         "setting": main["rung"],
         "tau_at_least_0.6": main["tau"] >= 0.6,
-        "tau_interval_above_flops_and_params": bool(size_taus) and main["tau_90"][0] > max(size_taus),
+        "tau_interval_above_flops_and_params": (None if main["tau_90"] is None else  # no resampling
+                                                bool(size_taus) and main["tau_90"][0] > max(size_taus)),
         "top3_holds_2": main["top3"] is not None and main["top3"] >= 2,
         "pick_within_one_seed_sd": (None if noise is None or not pick
                                     else pick["best_reference"] - pick["reference"] <= noise),
@@ -473,6 +502,13 @@ def print_report(report: dict[str, Any], out=print) -> None:
         out(f"the reference from its second seed agrees with its first to tau-b {ceiling['tau']:+.2f} "
             f"{_fmt_interval(ceiling['tau_90'])}, seed sd {ceiling['seed_sd']:.4f}: the ceiling for every rung "
             f"above; accuracy differences within that sd are noise")
+    first = next(iter(setup["settings"]))
+    for c in report.get("confirmed_picks", []):
+        tie = (f"; within the '{first}' seed sd of arch {', '.join(map(str, c['ties']))}, so a tie" if c["ties"]
+               else "")
+        out(f"the top {len(c['top'])} of '{first}' (archs {', '.join(map(str, c['top']))}) re-ranked by "
+            f"'{c['setting']}' pick arch {c['pick']}: reference {c['reference']:.3f}, rank {c['rank']} of "
+            f"{report['reference_done']} (best {c['best_reference']:.3f}){tie}")
     for r in report["rows"]:
         if r.get("tau_per_seed"):
             out(f"tau-b of '{r['rung']}' seed by seed: {', '.join(f'{t:+.2f}' for t in r['tau_per_seed'])}")

@@ -226,3 +226,25 @@ def test_a_folder_written_before_a_setup_field_existed_continues(tmp_path):
     check_same_setup(stored, _setup(), tmp_path)
     with pytest.raises(OpmixError, match="reference_seeds 1, not 2"):
         check_same_setup(stored, dataclasses.replace(_setup(), reference_seeds=2), tmp_path)
+
+
+def test_the_confirmed_pick_replays_the_search_top_3_then_the_second_setting():
+    """'p' (two seeds, sd d * sqrt(2)) puts the reference's best, arch 5, third; 'q' re-ranks p's top 3 (archs 4,
+    3, 5) and picks arch 5, with arch 4 within p's seed sd of it (a tie) and arch 3 clear of it."""
+    ref = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    p = [0.1, 0.2, 0.3, 0.55, 0.6, 0.5]
+    q = {3: 0.7, 4: 0.795, 5: 0.8}
+    archs = [{"index": i, "flops": 100 - i, "params": 10 + i} for i in range(6)]
+    d = 0.01
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(ref)]
+    results += [{"arch": i, "setting": "p", "seed": s, "accuracy": a + (d if s else -d)}
+                for i, a in enumerate(p) for s in (0, 1)]
+    results += [{"arch": i, "setting": "q", "seed": 0, "accuracy": q.get(i, 0.0)} for i in range(6)]
+    report = analyze(_setup(settings=("p", "q")), archs, results, resamples=0)
+    (confirmed,) = report["confirmed_picks"]
+    assert confirmed["top"] == [4, 3, 5] and confirmed["pick"] == 5 and confirmed["ties"] == [4]
+    assert confirmed["reference"] == 0.9 and confirmed["rank"] == 1
+    lines = []
+    print_report(report, out=lines.append)
+    assert any("re-ranked by 'q' pick arch 5" in line and "rank 1 of 6" in line and "arch 4, so a tie" in line
+               for line in lines), lines
