@@ -24,13 +24,14 @@ from .repvgg import repvgg
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch x patch conv, then LayerNorm (Swin, ConvNeXt); pads to a multiple of the patch."""
+    """Non-overlapping patch x patch conv, then LayerNorm (Swin, ConvNeXt: eps 1e-6; UniFormer: 1e-5); pads to
+    a multiple of the patch."""
 
-    def __init__(self, in_chs: int, out_chs: int, patch: int = 4):
+    def __init__(self, in_chs: int, out_chs: int, patch: int = 4, eps: float = 1e-6):
         super().__init__()
         self.patch = patch
         self.proj = nn.Conv2d(in_chs, out_chs, patch, patch)
-        self.norm = LayerNorm2d(out_chs, eps=1e-6)
+        self.norm = LayerNorm2d(out_chs, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

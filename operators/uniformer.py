@@ -46,12 +46,10 @@ and BatchNorms keep weight 1 and bias 0.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._attention import attend, merge_heads, split_heads
 from ._layers import (
-    LayerNorm2d,
     Mlp,
     check_heads,
     default_heads,
@@ -59,28 +57,17 @@ from ._layers import (
     init_weights,
 )
 from ._registry import register_downsampler, register_op, register_stem
+from .stems import PatchEmbed
 
 UNIFORMER_PAPER = ("Li et al., UniFormer: Unifying Convolution and Self-attention for Visual Recognition, "
                    "ICLR 2022 / TPAMI 2023")
 UNIFORMER_MIXERS = ("local", "global")
 
 
-class UniFormerPatchEmbed(nn.Module):
-    """UniFormer's patch embedding: (N, in, H, W) -> (N, out, ceil(H/p), ceil(W/p)), a p x p conv of stride p
-    then LayerNorm (eps 1e-5); the input is zero-padded on the bottom/right to a multiple of p first."""
-
-    def __init__(self, in_chs: int, out_chs: int, patch: int):
-        super().__init__()
-        self.patch = patch
-        self.proj = nn.Conv2d(in_chs, out_chs, patch, patch)
-        self.norm = LayerNorm2d(out_chs, eps=1e-5)
-        init_weights(self, "torch_default")  # the official init applies to Linear layers only
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.patch > 1:
-            h, w = x.shape[-2:]
-            x = F.pad(x, (0, -w % self.patch, 0, -h % self.patch))
-        return self.norm(self.proj(x))
+def uniformer_embed(in_chs: int, out_chs: int, patch: int) -> nn.Module:
+    """UniFormer's patch embedding: a p x p conv of stride p, then LayerNorm (eps 1e-5), the input zero-padded
+    on the bottom/right to a multiple of p; PyTorch's default init (the official one is for Linear only)."""
+    return init_weights(PatchEmbed(in_chs, out_chs, patch, eps=1e-5), "torch_default")
 
 
 class UniFormerLocalAggregator(nn.Module):
@@ -130,7 +117,7 @@ class UniFormerBlock(nn.Module):
         super().__init__()
         self.mixer = mixer
         if stride > 1 or in_chs != out_chs:  # no separate downsampler: the block embeds the patches itself
-            self.embed: nn.Module = UniFormerPatchEmbed(in_chs, out_chs, stride)
+            self.embed: nn.Module = uniformer_embed(in_chs, out_chs, stride)
         else:
             self.embed = nn.Identity()
         self.pos_embed = nn.Conv2d(out_chs, out_chs, 3, padding=1, groups=out_chs)
@@ -184,12 +171,12 @@ def uniformer(in_chs: int, out_chs: int, stride: int = 1, mixer: str = "local", 
 
 def uniformer_stem(in_chs: int, width: int) -> nn.Module:
     """UniFormer's stem: 4x4 conv stride 4, LayerNorm."""
-    return UniFormerPatchEmbed(in_chs, width, 4)
+    return uniformer_embed(in_chs, width, 4)
 
 
 def uniformer_down(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     """UniFormer's downsampler between stages: stride x stride conv of stride ``stride``, LayerNorm."""
-    return UniFormerPatchEmbed(in_chs, out_chs, stride)
+    return uniformer_embed(in_chs, out_chs, stride)
 
 
 register_op("uniformer", uniformer, family="hybrid", variants=({}, {"mixer": "global"}), paper=UNIFORMER_PAPER)

@@ -16,7 +16,7 @@ import operators
 from nas.flops import count_flops, count_params
 from nas.network import build_uninitialized
 from nas.space import load_reference
-from operators.uniformer import UniFormerPatchEmbed
+from operators.uniformer import uniformer_embed
 
 
 def _block(mixer: str, dim: int = 4, **kw) -> nn.Module:
@@ -220,7 +220,7 @@ def test_patch_embedding_is_conv_then_layernorm_padded_bottom_right():
         torch.testing.assert_close(y.mean(1), torch.zeros(2, 3, 4), rtol=0, atol=1e-5)
         torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, 3, 4), rtol=0, atol=1e-3)
     # A 1 x 1 map is padded to 2 x 2 on the bottom/right: only the kernel's top-left tap sees the pixel.
-    emb = UniFormerPatchEmbed(3, 6, 2)
+    emb = uniformer_embed(3, 6, 2)
     x = torch.randn(1, 3, 1, 1)
     pre = emb.proj.weight[:, :, 0, 0] @ x[0, :, 0, 0] + emb.proj.bias
     ref = F.layer_norm(pre, (6,), eps=1e-5)
