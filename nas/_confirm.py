@@ -18,7 +18,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from .rundir import RunDir, trial_label
+from .rundir import RunDir, trial_label, trial_record
 from .arch import Arch
 from .proxy import MAX_VAL, ProxySettings
 
@@ -72,7 +72,7 @@ def confirm_jobs(records: list[dict[str, Any]], budget: float, k: int, *, refere
 def _trainable(config: dict[str, Any], data=None, settings: ProxySettings = ProxySettings(),
                imports: tuple[str, ...] = ()) -> None:
     """One confirmation: the proxies' trial function with the job's seed and the confirmation's settings."""
-    from ._loop import trainable as train
+    from ._trial import trainable as train
 
     job = config["job"]
     train(job, data=data, proxy=settings, seed=job["seed"], imports=imports)
@@ -83,8 +83,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
     an error: ``failed``; cut short: nothing, so that ``--resume`` runs it again)."""
     from ray.tune import Callback
 
-    from ._searcher import trial_record
-    from ._loop import _error_text
+    from ._trial import error_text
 
     class Recorder(Callback):
         def __init__(self):
@@ -114,7 +113,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
                 self._append(trial, "confirmed", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._append(trial, "failed", _error_text(trial) or f"the confirmation failed; see {run.ray}")
+            self._append(trial, "failed", error_text(trial) or f"the confirmation failed; see {run.ray}")
 
         def _append(self, trial, status: str, error: str | None) -> None:
             job, accs = trial.config["job"], self.accuracies.get(trial.trial_id, [])

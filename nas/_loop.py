@@ -28,20 +28,20 @@ sampler would otherwise repeat its first proposals) and starts a new Ray Tune se
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ._confirm import CONFIRM_SHARE, confirm_settings
-from .arch import Arch
-from .errors import OpmixError
+from ._trial import error_text, trainable
+from .cluster import slots, start_ray
 from .flops import format_flops, measure_arch
 from .proxy import ProxySettings
 from .rundir import RunDir, trial_label
+from .storage import open_storage
 
-__all__ = ["SearchConfig", "search", "check_resources", "make_sampler", "trainable"]
+__all__ = ["SearchConfig", "search", "make_sampler"]
 
 TRAINED = ("completed", "stopped", "failed")  # statuses of a candidate that has had its training
 
@@ -106,41 +106,6 @@ def make_sampler(name: str, seed: int, trials: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def trainable(config: dict[str, Any], data=None, proxy: ProxySettings = ProxySettings(), seed: int = 0,
-              imports: tuple[str, ...] = ()) -> None:
-    """One Ray Tune trial: train the candidate's proxy from ``seed`` under ``proxy`` (the search's settings, or the
-    confirmation's), reporting accuracy after each epoch. Its result depends on (architecture, seed, settings)
-    and the trial's thread count only. An exception (it would happen again: a build error, a NaN loss, out of
-    memory) ends the trial with a last result that carries its ``error`` instead of failing the Ray trial, so
-    Ray retries only trials whose worker was lost. ``imports``: the run's plug-in operator modules."""
-    import ray
-    from ray import tune
-
-    from .plugins import import_modules
-    from .proxy import train_arch
-
-    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
-    node = ray.get_runtime_context().get_node_id()
-    t0 = time.perf_counter()
-
-    def report(epoch: int, accuracy: float, loss: float) -> None:
-        tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch, "node": node,
-                     "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9})
-
-    try:
-        import_modules(imports)
-        train_arch(Arch.from_dict(config["arch"]), data, proxy, seed=seed, threads=threads, report=report)
-    except Exception as exc:  # noqa: BLE001 -- every failure of the training itself is the trial's result
-        tune.report({"error": error_line(exc), "node": node, "train_seconds": time.perf_counter() - t0,
-                     "epoch": 0, "accuracy": 0.0})
-
-
-def error_line(exc: BaseException) -> str:
-    """An exception as one line: its type and the last line of its message, at most 500 characters."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
-
-
 def _progress_callback(searcher, epochs: int, log):
     """Ray Tune's progress, trimmed to what a user needs: one line per epoch of a trial (trial, GFLOPs, stage
     ops, epoch, accuracy), and the error of a trial that fails, recorded with it."""
@@ -154,7 +119,7 @@ def _progress_callback(searcher, epochs: int, log):
                 f"accuracy {result.get('accuracy', float('nan')):.4f}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            text = _error_text(trial)
+            text = error_text(trial)
             if text is not None:
                 searcher.finish(trial.trial_id, error=text)
             else:  # Ray writes the error a moment later: the driver records it when the session ends
@@ -167,20 +132,6 @@ def _label(config: dict[str, Any]) -> str:
     from .rundir import arch_line
 
     return f"{trial_label(config):>10s}  {config['flops'] / 1e9:5.2f} GFLOPs  {arch_line(config['arch'])}"
-
-
-def _error_text(trial) -> str | None:
-    """The last line of a failed trial's error, or None while Ray has not written it yet."""
-    sources = (lambda: trial.get_error(), lambda: Path(trial.error_file).read_text())
-    for source in sources:
-        try:
-            err = source()
-        except Exception:  # not written yet, or gone with a worker that died
-            continue
-        lines = [line for line in str(err or "").strip().splitlines() if line.strip()]
-        if lines:
-            return lines[-1].strip()[:500]
-    return None
 
 
 def _clock_log(started: float, path: Path):
@@ -255,17 +206,17 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         scheduler = (CandidateASHA(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
                                    reduction_factor=2, stopped=searcher.asha_stopped)
                      if config.early_stop and proxy.grace_period < config.epochs else None)
-        slots = _slots(cpus_per_trial, gpus_per_trial)
+        n_slots = slots(cpus_per_trial, gpus_per_trial)
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="accuracy", mode="max",
-                                        num_samples=remaining + len(references), max_concurrent_trials=slots,
+                                        num_samples=remaining + len(references), max_concurrent_trials=n_slots,
                                         time_budget_s=proxy_budget, reuse_actors=True),
             run_config=tune.RunConfig(name=session, storage_path=str(run.ray.resolve()), verbose=0,
                                       callbacks=[_progress_callback(searcher, config.epochs, log)],
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
-        log(f"  training {remaining} candidates ({slots} at a time, {cpus_per_trial:g} CPU"
+        log(f"  training {remaining} candidates ({n_slots} at a time, {cpus_per_trial:g} CPU"
             f"{f', {gpus_per_trial:g} GPU' if gpus_per_trial else ''} each), {config.epochs} epochs, "
             f"ASHA {'on' if config.early_stop else 'off'}"
             + (f"; {proxy_budget / 60:.1f} min at most, the rest of the time budget kept for confirmation"
@@ -276,7 +227,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
             for trial_id in list(searcher.live):  # failed in Ray, or cut off (time budget, Ctrl-C, the run ends)
                 trial = searcher.errored.get(trial_id)
                 error = None if trial is None else (
-                    _error_text(trial) or f"the trial failed; its error is under {run.ray}")
+                    error_text(trial) or f"the trial failed; its error is under {run.ray}")
                 searcher.finish(trial_id, error=error)
     if config.confirm:
         deadline = None if time_budget_s is None else started + time_budget_s
@@ -285,74 +236,6 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     from ._summary import summarize
 
     return summarize(run, config, started)
-
-
-def storage_to_store(url: str | None) -> str | None:
-    """``url`` as a run's ``config.yaml`` keeps it: with its password, if any, replaced by ``***`` (a run folder
-    is shared and copied; a password belongs in the URL given at the command line, PGPASSWORD or ~/.pgpass)."""
-    if url is None:
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # not a database URL: Optuna refuses it with its own message
-        return url
-    return parsed.render_as_string(hide_password=True) if parsed.password else url
-
-
-def storage_to_resume(stored: str | None, given: str | None) -> str | None:
-    """The storage a resumed run reopens: its own (``stored``), or ``given`` (``--storage``) when that is the
-    same database, which it must be when the stored URL's password was held back."""
-    if given is None:
-        if stored is not None and ":***@" in stored:
-            raise OpmixError(f"--resume: this run's study is in {stored}, whose password is not kept in the run "
-                             f"folder; pass --storage with the full URL (or put the password in PGPASSWORD or "
-                             f"~/.pgpass)")
-        return stored
-    if storage_to_store(given) != stored:
-        raise OpmixError(f"--resume: this run's study is in {stored or 'its own study.db'}, not --storage "
-                         f"{storage_to_store(given)}; drop --storage to continue it where it is")
-    return given
-
-
-def open_storage(url: str):
-    """The Optuna storage at ``url``. Runs that start together on a fresh database (PostgreSQL) race on
-    Optuna's first CREATE TABLEs, and the losers fail on a duplicate key or table: they retry, and find the
-    tables made."""
-    import random
-
-    import optuna
-    import sqlalchemy.exc
-
-    for attempt in range(6):
-        try:
-            return optuna.storages.get_storage(url)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == 5:
-                raise
-            time.sleep(0.1 + random.random())
-
-
-def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
-    """Start Ray on this machine (all its CPUs), or join the cluster at ``address``; the workers find the
-    plug-in modules ``imports`` (imported here already) through their ``PYTHONPATH``."""
-    import ray
-
-    from .plugins import module_paths
-
-    # Ray Tune's newer console output prints its own tables whatever ``verbose`` says; ours are the progress lines
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if ray.is_initialized():
-        return
-    paths = module_paths(imports)
-    runtime_env = None
-    if paths:
-        path = os.pathsep.join(paths + [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else paths)
-        runtime_env = {"env_vars": {"PYTHONPATH": path}}
-    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             configure_logging=True, runtime_env=runtime_env, **({} if address else {"num_cpus": os.cpu_count()}))
 
 
 def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
@@ -371,26 +254,16 @@ def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, add
         log(f"  no time left for the {len(jobs)} confirmation training(s); {resume}")
         return
     start_ray(address, imports)
-    settings, slots = config.confirmation, _slots(resources["cpu"], resources["gpu"])
+    settings, n_slots = config.confirmation, slots(resources["cpu"], resources["gpu"])
     log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
         f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and {config.seed + 1}, "
-        f"{slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
-    done = confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=slots,
+        f"{n_slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
+    done = confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=n_slots,
                    time_budget_s=left, log=log, imports=imports)
     if done < len(jobs):
         timed_out = deadline is not None and time.time() >= deadline - 1
         log(f"  {len(jobs) - done} of {len(jobs)} confirmation training(s) did not finish"
             f"{' within the time budget' if timed_out else ''}; {resume}")
-
-
-def _slots(cpus: float, gpus: float) -> int:
-    import ray
-
-    res = ray.cluster_resources()
-    slots = int(res.get("CPU", 1) // cpus)
-    if gpus:
-        slots = min(slots, int(res.get("GPU", 0) // gpus))
-    return max(1, slots)
 
 
 def _close_interrupted(study, log) -> None:
@@ -405,16 +278,3 @@ def _close_interrupted(study, log) -> None:
             log(f"  candidate {t.number} was cut off by the interruption; it trains again")
 
 
-def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """One trial must fit the Ray cluster (started or joined already): an ``OpmixError`` otherwise."""
-    import ray
-
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    if cpus_per_trial > cpus:
-        raise OpmixError(f"--cpus-per-trial {cpus_per_trial:g}: one trial would need more CPUs than the Ray cluster "
-                         f"has ({cpus:g}); ask for at most {cpus:g}, or join a bigger cluster with --address")
-    if gpus_per_trial > gpus:
-        fix = f"ask for at most {gpus:g}" if gpus else "leave --gpus-per-trial out to train on the CPU"
-        raise OpmixError(f"--gpus-per-trial {gpus_per_trial:g}: one trial would need more GPUs than the Ray cluster "
-                         f"has ({gpus:g}); {fix}, or join a cluster with GPUs with --address")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from .rundir import RunDir, trial_label
+from .rundir import RunDir, trial_label, trial_record
 from .arch import Arch
 from .space import Space
 
@@ -232,32 +232,6 @@ class BudgetSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
-
-
-def trial_record(trial_id: int | str, arch: Arch, status: str, flops: int, params: int, *, error: str | None,
-                 accuracies: list[float] = (), reference: str | None = None, ray_trial_id: str | None = None,
-                 timings: dict[str, float] | None = None, note: str | None = None, node: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """One line of ``trials.jsonl``: the shape every reader of a run expects; ``extra`` keys go at the end
-    (a confirmation's ``confirms``, ``seed`` and ``fidelity``)."""
-    return {
-        "trial_id": trial_id,
-        "status": status,
-        "flops": flops,
-        "params": params,
-        "accuracy": accuracies[-1] if accuracies else None,
-        "epochs": len(accuracies),
-        "accuracies": list(accuracies),
-        "arch": arch.to_dict(),
-        "reference": reference,
-        "error": error,
-        "note": note,
-        "ray_trial_id": ray_trial_id,
-        "node": node,
-        "timings": timings or {},
-        "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **extra,
-    }
 
 
 class CandidateASHA(ASHAScheduler):

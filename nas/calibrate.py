@@ -287,7 +287,7 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
 def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data, imports) -> None:
     import ray
 
-    from ._loop import start_ray
+    from .cluster import start_ray
 
     start_ray(address, imports)
     knobs = {**{n: dataclasses.asdict(s) for n, s in setup.proxies().items()},

@@ -22,7 +22,7 @@ COMMANDS = {
     "search": ("nas.search", "search a space for the most accurate networks for their FLOPs under a budget"),
     "pareto": ("nas.pareto", "print and plot the Pareto front of one or more runs"),
     "export": ("nas.export", "export a run's pick as a standalone, re-parameterizable network"),
-    "flops": ("nas._flops_cli", "count the FLOPs and parameters of an architecture file or a reference"),
+    "flops": ("nas.flops", "count the FLOPs and parameters of an architecture file or a reference"),
     "space": ("nas.space", "summarize a search space"),
     "calibrate": ("nas.calibrate", "measure how well proxy settings rank architectures"),
 }

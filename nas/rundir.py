@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import yaml
 
 from .errors import OpmixError
 
-__all__ = ["RunDir", "STATUSES", "load_run", "trial_label", "arch_line", "atomic_write", "append_jsonl", "read_jsonl"]
+__all__ = ["RunDir", "STATUSES", "load_run", "trial_record", "trial_label", "arch_line", "atomic_write", "append_jsonl", "read_jsonl"]
 
 STATUSES = ("completed", "stopped", "infeasible", "failed", "interrupted", "confirmed")
 
@@ -89,6 +90,32 @@ def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, A
     if not isinstance(config.get("budget"), (int, float)):
         raise OpmixError(f"{run.config}: has no numeric 'budget'; was it written by python -m nas.search?")
     return run, config, run.read_trials()
+
+
+def trial_record(trial_id: int | str, arch, status: str, flops: int, params: int, *, error: str | None,
+                 accuracies: list[float] = (), reference: str | None = None, ray_trial_id: str | None = None,
+                 timings: dict[str, float] | None = None, note: str | None = None, node: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """One line of ``trials.jsonl``: the shape every reader of a run expects; ``extra`` keys go at the end
+    (a confirmation's ``confirms``, ``seed`` and ``fidelity``). ``arch`` is an ``Arch``."""
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "flops": flops,
+        "params": params,
+        "accuracy": accuracies[-1] if accuracies else None,
+        "epochs": len(accuracies),
+        "accuracies": list(accuracies),
+        "arch": arch.to_dict(),
+        "reference": reference,
+        "error": error,
+        "note": note,
+        "ray_trial_id": ray_trial_id,
+        "node": node,
+        "timings": timings or {},
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
 
 
 def trial_label(record: dict[str, Any]) -> str:

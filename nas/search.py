@@ -22,11 +22,12 @@ from typing import Any
 
 from . import _cli, plugins
 from ._confirm import SEEDS
-from ._loop import SearchConfig, check_resources, search, storage_to_resume, storage_to_store
+from ._loop import SearchConfig, search
 from ._summary import print_summary
 from .errors import OpmixError
 from .flops import format_flops, parse_budget
 from .rundir import RunDir
+from .storage import storage_to_resume, storage_to_store
 
 __all__ = ["search", "SearchConfig", "main"]
 
@@ -157,7 +158,7 @@ def _main(argv: list[str] | None) -> int:
                              f"or pick another --name")
         config = _config_from_args(args, None)
     _validate(config, args)
-    from ._loop import start_ray
+    from .cluster import check_resources, start_ray
     from .data import load_dataset
     from .space import load_space
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from nas._loop import storage_to_resume, storage_to_store
+from nas.storage import storage_to_resume, storage_to_store
 from nas.errors import OpmixError
 from nas.rundir import RunDir
 from search_helpers import clean_env, write_space, write_tiny_fashion

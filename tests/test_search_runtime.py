@@ -306,7 +306,7 @@ def test_asha_stopped_trials_are_stopped_and_others_cut_off_are_interrupted(tmp_
 def test_check_resources_names_the_flag_that_asks_too_much(monkeypatch):
     import ray
 
-    from nas._loop import check_resources
+    from nas.cluster import check_resources
     from nas.errors import OpmixError
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e9})
