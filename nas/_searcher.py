@@ -84,10 +84,11 @@ class BudgetSearcher(Searcher):
 
         state = optuna.trial.TrialState
         before = self.outcomes.get(arch)
-        running = next((live["number"] for live in self.live.values() if live["arch"] == arch), None)
+        running = next((live for live in self.live.values() if live["arch"] == arch), None)
         if before is None and running is None:
             return False
-        otrial.set_user_attr("duplicate_of", before["trial_id"] if before is not None else running)
+        otrial.set_user_attr("duplicate_of", before["trial_id"] if before is not None else
+                             running["number"] if running["number"] is not None else f"ref-{running['reference']}")
         if before is not None and before["status"] in ("completed", "infeasible") and before["flops"] is not None:
             completed = before["status"] == "completed"
             otrial.set_constraint("flops_over_budget", before["flops"] - self.budget if completed else
@@ -143,8 +144,6 @@ class BudgetSearcher(Searcher):
             t0 = time.perf_counter()
             flops, params = self.measure(arch)
             flops_seconds = time.perf_counter() - t0
-        if otrial is None and reference is not None and self.space.contains(arch):
-            otrial = self._enqueue(arch)
         number = otrial.number if otrial is not None else None
         if otrial is not None:
             otrial.set_constraint("flops_over_budget", flops - self.budget)
@@ -155,12 +154,26 @@ class BudgetSearcher(Searcher):
         return {"arch": arch.to_dict(), "flops": flops, "params": params, "candidate": number,
                 "reference": reference}
 
-    def _enqueue(self, arch: Arch):
-        """Put a reference that lies in the space into the study, so the sampler learns from it."""
-        self.study.enqueue_trial(self.space.params_of(arch))
-        otrial = self.study.ask()
-        self.space.sample(otrial)
-        return otrial
+    def _tell_reference(self, live: dict[str, Any], status: str) -> None:
+        """Add a reference that lies in the space to the study as a finished trial of its own, so the sampler
+        learns from it. It is added when it ends, never queued: a queue hands out its oldest waiting trial
+        (a candidate cut off and put back, on ``--resume``), which would then hold the reference's result."""
+        import optuna
+
+        arch, flops = live["arch"], live["flops"]
+        if not self.space.contains(arch):
+            return
+        scratch = optuna.create_study(directions=["maximize", "minimize"])  # only to learn the distributions
+        scratch.enqueue_trial(self.space.params_of(arch))
+        probe = scratch.ask()
+        self.space.sample(probe)
+        state = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}.get(
+            status, optuna.trial.TrialState.FAIL)
+        self.study.add_trial(optuna.trial.create_trial(
+            state=state, values=[live["accuracies"][-1], flops] if status == "completed" else None,
+            params=probe.params, distributions=probe.distributions,
+            user_attrs={"reference": live["reference"], "flops": flops},
+            constraints={"flops_over_budget": flops - self.budget}))
 
     # ----------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -208,6 +221,8 @@ class BudgetSearcher(Searcher):
             if status == "interrupted":
                 self.study.enqueue_trial(otrial.params, user_attrs={"retrains": otrial.number},
                                          skip_if_exists=False)
+        if live["reference"] is not None and status != "interrupted":
+            self._tell_reference(live, status)
         record_id = live["number"] if live["number"] is not None else f"ref-{live['reference']}"
         record = trial_record(record_id, live["arch"], status, flops, live["params"], error=error,
                               accuracies=accs, reference=live["reference"], ray_trial_id=trial_id,
