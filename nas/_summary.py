@@ -21,7 +21,7 @@ def summarize(run: RunDir, config, started: float | None = None) -> dict[str, An
 
 
 def print_summary(summary: dict[str, Any], budget: int) -> None:
-    from .pareto import confirmed_lines, front_table
+    from .pareto import confirmed_lines, front_table, missing_seeds
 
     s = summary["by_status"]
     print(f"\ntrials: {s['completed']} completed, {s['stopped']} stopped early, {s['failed']} failed, "
@@ -39,8 +39,9 @@ def print_summary(summary: dict[str, Any], budget: int) -> None:
     b, pick = summary["best"], summary["pick"]
     if pick:
         sd = "" if pick["sd"] is None else f" ± {pick['sd']:.4f}"
+        lacks = "" if pick["complete"] else f", lacking {missing_seeds(pick)}"
         print(f"recommended pick (*): {trial_label(b)}, confirmed accuracy {pick['mean']:.4f}{sd} over "
-              f"{len(pick['seeds'])} seed(s) (proxy {b['accuracy']:.4f}), {b['flops'] / 1e9:.2f} GFLOPs, "
+              f"{len(pick['seeds'])} seed(s){lacks} (proxy {b['accuracy']:.4f}), {b['flops'] / 1e9:.2f} GFLOPs, "
               f"{b['params'] / 1e6:.2f} M params")
     elif b:
         print(f"best within the budget (*): {trial_label(b)}, accuracy {b['accuracy']:.4f}, "

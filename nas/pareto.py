@@ -8,11 +8,14 @@ the budget, so 1.0 would be 100 % accuracy at no cost.
 
 The recommended pick comes from the highest rung reached. When the run has confirmations (``nas._confirm``:
 the front's top K retrained at a higher fidelity with two seeds), it is the confirmed candidate within the
-budget with the best mean confirmed accuracy (the cheaper one on a tie); otherwise the most accurate
-completed trial within the budget (the cheaper one on a tie). Another confirmed candidate is *within noise*
-of the pick when the difference of their means is at most ``noise_level``: the larger of the seeds' standard
-error of the difference and the validation set's binomial one. With two seeds the seed part rests on two
-degrees of freedom: a rough screen, not a significance test.
+budget with the best mean confirmed accuracy (the cheaper one on a tie) among those with all their seeds; a
+candidate whose second seed was cut off or failed is shown, not picked (and where none has all its seeds,
+the pick says it lacks them). Otherwise it is the most accurate completed trial within the budget (the
+cheaper one on a tie). Another confirmed candidate is *within noise* of the pick when the difference of their
+means is at most one standard error of it (``noise_level``): retraining noise from the seed sd pooled over
+every candidate confirmed at that fidelity, and the validation images' noise, paired from the two networks'
+per-image results on the same images (McNemar) where the records hold them (``correct``), else binomial.
+A screen at one standard error, not a significance test.
 
 The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a finished run, on one that is
 still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
@@ -32,7 +35,7 @@ import math
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,7 +43,7 @@ from . import _cli
 from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, trial_label
 from .errors import OpmixError
 
-__all__ = ["pareto_mask", "hypervolume", "noise_level", "analyze", "front_table", "confirmed_lines",
+__all__ = ["pareto_mask", "hypervolume", "Noise", "noise_level", "analyze", "front_table", "confirmed_lines",
            "noise_statement", "write_outputs", "plot_front", "plot_compare"]
 
 PROG = "python -m nas.pareto"
@@ -86,56 +89,119 @@ def hypervolume(accuracy: np.ndarray, flops: np.ndarray, budget: float) -> float
     return volume
 
 
-def noise_level(a: list[float], b: list[float], val_images: int) -> float:
-    """The noise of the difference of two candidates' mean accuracies over seeds (``a``, ``b``): the larger of
+class Noise(NamedTuple):
+    """The noise of the difference of two confirmed candidates' mean accuracies (``noise_level``)."""
 
-    - the seeds' standard error of the difference, ``s_p * sqrt(1/n_a + 1/n_b)``, with ``s_p`` the pooled
-      standard deviation (ddof 1): with two seeds each, ``s_p`` itself; 0 when neither has two seeds;
-    - the binomial standard error of the difference, ``sqrt((p_a (1 - p_a) + p_b (1 - p_b)) / val_images)``:
-      the validation set's own sampling noise, which more seeds do not shrink (every seed is scored on the
-      same images).
+    total: float  # sqrt(seed_se^2 + image_se^2): the two sources are independent, so their variances add
+    seed_se: float | None  # None where no candidate at a fidelity has two seeds: retraining noise unmeasured
+    image_se: float
+    paired: bool  # image_se from the per-image disagreement (True) or the binomial formula (False)
+
+
+def noise_level(a: dict[str, Any], b: dict[str, Any]) -> Noise:
+    """The noise of ``a["mean"] - b["mean"]`` for two confirmed candidates (``_confirmed``'s entries), as the
+    root sum of squares of two independent parts:
+
+    - retraining: ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``, ``n`` the seeds each mean rests on and ``s`` the seed
+      sd pooled over every candidate confirmed at the same fidelity (``nas.stats.pooled_sd``): two seeds give
+      each candidate one degree of freedom, and one seed none, while the pool has one per candidate;
+    - the validation images, which more seeds do not average away (every seed is scored on the same ones):
+      paired from the two candidates' per-image results on those images where both records hold them
+      (``nas.stats.paired_difference_se``), else the binomial formula, which treats the two accuracies as
+      measured on independent images and so overstates it (records written before ``correct`` existed).
     """
-    n_a, n_b = len(a), len(b)
-    m_a, m_b = sum(a) / n_a, sum(b) / n_b
-    dof = n_a + n_b - 2
-    squares = sum((x - m_a) ** 2 for x in a) + sum((x - m_b) ** 2 for x in b)
-    seed_se = math.sqrt(squares / dof * (1 / n_a + 1 / n_b)) if dof > 0 else 0.0
-    binomial_se = math.sqrt((m_a * (1 - m_a) + m_b * (1 - m_b)) / val_images)
-    return max(seed_se, binomial_se)
+    from .stats import binomial_difference_se, paired_difference_se
+
+    sds = (a["pooled_sd"], b["pooled_sd"])
+    seed_se = (None if any(math.isnan(s) for s in sds)
+               else math.sqrt(sds[0] ** 2 / len(a["seeds"]) + sds[1] ** 2 / len(b["seeds"])))
+    paired = a["correct"] is not None and b["correct"] is not None and a["correct"].shape[1] == b["correct"].shape[1]
+    image_se = (paired_difference_se(a["correct"], b["correct"]) if paired
+                else binomial_difference_se(a["mean"], b["mean"], min(a["val_images"], b["val_images"])))
+    return Noise(math.hypot(seed_se or 0.0, image_se), seed_se, image_se, paired)
 
 
-def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
-    """One entry per confirmed candidate within the budget, the pick first (best mean, then fewer FLOPs),
-    each with its proxy record, seeds, accuracies, mean, sd (ddof 1; None for one seed), ``recommended``
-    and ``within_noise`` (of the pick; None for the pick itself)."""
+def _per_image(by_seed: dict[int, dict[str, Any]]) -> np.ndarray | None:
+    """The candidate's per-image results, one row per seed (seeds x images), or None unless every seed's
+    record holds them for the same number of images."""
+    from .stats import unpack_bits
+
+    sizes = {r.get("val_images") for r in by_seed.values()}
+    if any(r.get("correct") is None for r in by_seed.values()) or len(sizes) != 1 or None in sizes:
+        return None
+    return np.stack([unpack_bits(by_seed[s]["correct"], by_seed[s]["val_images"]) for s in sorted(by_seed)])
+
+
+def _candidates(records: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per confirmed candidate (with a completed proxy record): its seeds, accuracies, mean, sd
+    (ddof 1; None for one seed), fidelity, per-image results and validation images."""
     proxy = {r["trial_id"]: r for r in done}
     by_candidate: dict[Any, dict[int, dict[str, Any]]] = {}
     for r in records:  # a confirmation counts with its candidate's completed proxy record
-        if r["status"] == "confirmed" and r.get("confirms") in proxy and r["flops"] <= budget:
+        if r["status"] == "confirmed" and r.get("confirms") in proxy:
             by_candidate.setdefault(r["confirms"], {})[r["seed"]] = r
+    failed = {(r.get("confirms"), r.get("seed")) for r in records if r["status"] == "failed"}
     entries = []
     for key, by_seed in by_candidate.items():
         seeds = sorted(by_seed)
         accs = [by_seed[s]["accuracy"] for s in seeds]
         fidelity = by_seed[seeds[0]].get("fidelity") or {}
+        val_images = by_seed[seeds[0]].get("val_images") or fidelity.get("val_images", 1000)  # nas.proxy.MAX_VAL
         entries.append({"trial_id": key, "reference": proxy[key].get("reference"), "record": proxy[key],
                         "seeds": seeds, "accuracies": accs, "mean": float(np.mean(accs)),
-                        "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None, "fidelity": fidelity})
-    entries.sort(key=lambda e: (-e["mean"], e["record"]["flops"]))
-    pick = entries[0] if entries else None
-    for e in entries:
-        val_images = min(x["fidelity"].get("val_images", 1000) for x in (e, pick))  # 1000: nas.proxy.MAX_VAL
-        e["recommended"] = e is pick
-        e["within_noise"] = None if e is pick else bool(
-            abs(pick["mean"] - e["mean"]) <= noise_level(pick["accuracies"], e["accuracies"], val_images))
+                        "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None, "fidelity": fidelity,
+                        "correct": _per_image(by_seed), "val_images": val_images,
+                        "failed_seeds": sorted(s for k, s in failed if k == key)})
     return entries
+
+
+def _pool_by_fidelity(entries: list[dict[str, Any]]) -> None:
+    """Give each entry the seed sd pooled over every candidate at its fidelity (``pooled_sd``, ``pooled_dof``,
+    ``pooled_over``), the seeds missing from it (``missing``: seeds other candidates there have) and whether
+    its seeds are ``complete`` (all of them, and at least two: one seed cannot show its own noise)."""
+    from .stats import pooled_sd
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(json.dumps(e["fidelity"], sort_keys=True, default=str), []).append(e)
+    for group in groups.values():
+        sd, dof = pooled_sd(e["accuracies"] for e in group)
+        seeds = set().union(*(e["seeds"] for e in group))
+        for e in group:
+            e.update(pooled_sd=sd, pooled_dof=dof, pooled_over=sum(len(x["seeds"]) > 1 for x in group),
+                     missing=sorted(seeds - set(e["seeds"])))
+            e["complete"] = not e["missing"] and len(e["seeds"]) > 1
+
+
+def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """The confirmed candidates within the budget, the pick first, then by mean (``_candidates``' entries,
+    with ``_pool_by_fidelity``'s fields, ``recommended``, ``noise`` (a ``Noise``; None for the pick) and
+    ``within_noise`` (of the pick; None for the pick itself)).
+
+    The pick is the best mean (then fewer FLOPs) among the candidates with complete seeds. A candidate
+    that lacks one (cut off, or failed) is shown but not picked: its mean rests on fewer seeds, and the
+    most likely way for a mean of one seed to top means of two is a lucky seed. Only where no candidate is
+    complete is the pick made among all, and ``complete`` False marks it.
+    """
+    entries = _candidates(records, done)
+    _pool_by_fidelity(entries)  # every candidate at the fidelity, over the budget or not, shows seed noise
+    entries = [e for e in entries if e["record"]["flops"] <= budget]
+    order = sorted(entries, key=lambda e: (-e["mean"], e["record"]["flops"]))
+    pick = next((e for e in order if e["complete"]), order[0] if order else None)
+    order = [pick] + [e for e in order if e is not pick] if pick else []
+    for e in order:
+        e["recommended"] = e is pick
+        e["noise"] = None if e is pick else noise_level(pick, e)
+        e["within_noise"] = None if e is pick else bool(abs(pick["mean"] - e["mean"]) <= e["noise"].total)
+    return order
 
 
 def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
     """The front of a run's records: counts by status, the front (cheapest first; ``completed`` records
     only), the hypervolume, the confirmed candidates (``_confirmed``) and the recommended pick ``best`` (a
-    proxy record): with confirmations, the confirmed candidate with the best mean (``pick``, its entry);
-    else the most accurate completed trial within the budget (``proxy_best``)."""
+    proxy record): with confirmations, the confirmed candidate with the best mean among those with all
+    their seeds (``pick``, its entry); else the most accurate completed trial within the budget
+    (``proxy_best``)."""
     done = [r for r in records if r["status"] == "completed"]
     pts = np.array([[r["accuracy"], r["flops"]] for r in done], dtype=float).reshape(-1, 2)
     mask = pareto_mask(pts)
@@ -166,20 +232,28 @@ def _mean_sd(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.4f}{sd or ' (1 seed)':>9s}"
 
 
+def _seeds(entry: dict[str, Any]) -> str:
+    """'2', or '1/2' for a candidate that lacks seeds others at its fidelity have."""
+    have = len(entry["seeds"])
+    return f"{have}/{have + len(entry['missing'])}" if entry["missing"] else str(have)
+
+
 def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
     """The confirmed candidates as text: a heading with the fidelity, one row each ('*' the pick, '~' within
-    noise of it) and ``noise_statement``; no lines when nothing was confirmed."""
+    noise of it; seeds '1/2' where one is missing) and ``noise_statement``; no lines when nothing was
+    confirmed."""
     entries = analysis["confirmed"]
     if not entries:
         return []
     fid = entries[0]["fidelity"]
     at = f"{fid['train_images']} images x {fid['epochs']} epochs" if "train_images" in fid else "a higher fidelity"
-    lines = [f"Confirmed ({at} per training; * the pick, the best mean within the budget; ~ within noise of it):",
+    lines = [f"Confirmed ({at} per training; * the pick, the best mean with all its seeds within the budget; "
+             f"~ within noise of it):",
              f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}  architecture"]
     for e in entries:
         mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
         r = e["record"]
-        lines.append(f"{mark} {trial_label(r):>18s} {_mean_sd(e):>16s} {len(e['seeds']):5d} {r['accuracy']:7.4f} "
+        lines.append(f"{mark} {trial_label(r):>18s} {_mean_sd(e):>16s} {_seeds(e):>5s} {r['accuracy']:7.4f} "
                      f"{r['flops'] / 1e9:7.3f}  {arch_line(r['arch'])}")
     return lines + textwrap.wrap(noise_statement(analysis), 118, initial_indent="  ", subsequent_indent="  ")
 
@@ -189,25 +263,68 @@ def _names(entries: list[dict[str, Any]]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def missing_seeds(entry: dict[str, Any]) -> str:
+    """What a candidate without complete seeds lacks, in words: 'seed 1 (failed)', 'seed 1 (cut off)', or
+    'a second seed' where no candidate at its fidelity has one."""
+    if not entry["missing"]:
+        return "a second seed"
+    return " and ".join(f"seed {s} ({'failed' if s in entry['failed_seeds'] else 'cut off'})"
+                        for s in entry["missing"])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _noise_basis(analysis: dict[str, Any]) -> str:
+    """What the 'within noise' judgements rest on: the seeds, the pooled seed sd and the kind of image noise."""
+    pick, others = analysis["pick"], analysis["confirmed"][1:]
+    seeds = {len(e["seeds"]) for e in analysis["confirmed"]}
+    text = (f"{_plural(max(seeds), 'seed')} per candidate" if len(seeds) == 1
+            else f"{min(seeds)} to {max(seeds)} seeds per candidate")
+    if math.isnan(pick["pooled_sd"]):
+        text += "; retraining noise unmeasured: no candidate has two seeds"
+    else:
+        text += (f"; seed sd {pick['pooled_sd']:.4f} pooled over {_plural(pick['pooled_over'], 'candidate')}, "
+                 f"{_plural(pick['pooled_dof'], 'degree')} of freedom")
+    paired = {e["noise"].paired for e in others}
+    if paired == {True}:
+        text += f"; image noise paired on the same {pick['val_images']} validation images"
+    elif paired == {False}:
+        text += (f"; image noise binomial on {pick['val_images']} images, which overstates it for networks scored "
+                 f"on the same images: these records hold no per-image results")
+    elif paired:
+        text += "; image noise paired where both records hold per-image results, else binomial"
+    return text
+
+
 def noise_statement(analysis: dict[str, Any]) -> str | None:
-    """One sentence on how far the pick stands from the other confirmed candidates (None without any)."""
+    """One sentence on how far the pick stands from the other confirmed candidates, whether its seeds are
+    complete, and what the noise rests on (None without any confirmed candidate). A candidate that lacks
+    seeds and has a higher mean than the pick is named as such, never as beaten."""
     pick, others = analysis["pick"], analysis["confirmed"][1:]
     if pick is None:
         return None
-    close = [e for e in others if e["within_noise"]]
+    above = [e for e in others if e["mean"] > pick["mean"]]  # only candidates without all their seeds
+    below = [e for e in others if e not in above]
+    close = [e for e in below if e["within_noise"]]
     if close:
         text = f"the pick cannot be told apart from {_names(close)} at this fidelity"
-    elif others:
-        text = "the pick beats every other confirmed candidate beyond noise"
+    elif below:
+        text = f"the pick beats every other confirmed candidate{' with all its seeds' if above else ''} beyond noise"
     else:
-        text = "the pick is the only confirmed candidate"
-    beaten = [e for e in others if e.get("reference") and not e["within_noise"]]
+        text = "the pick is the only confirmed candidate" + (" with all its seeds" if above else "")
+    beaten = [e for e in below if e.get("reference") and not e["within_noise"]]
     if pick.get("reference") and any(not e.get("reference") for e in others):
         text += f"; the reference {pick['reference']} is the pick: the search did not beat it"
     elif beaten:
         text += f"; the search beat {_names(beaten)} beyond noise"
-    seeds = max(len(e["seeds"]) for e in analysis["confirmed"])
-    return text + f" (with {seeds} seed{'s' if seeds > 1 else ''} per candidate, a rough noise estimate)"
+    if not pick["complete"]:
+        text += f"; the pick lacks {missing_seeds(pick)}, as every candidate does: it rests on fewer seeds"
+    for e in above:
+        text += (f"; {trial_label(e)} has a higher mean but lacks {missing_seeds(e)}, so it is not the pick "
+                 f"(a mean of fewer seeds tops the others by luck more often)")
+    return text + f" ({_noise_basis(analysis)})"
 
 
 def _front_entry(record: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
@@ -221,6 +338,9 @@ def as_json(run: RunDir, analysis: dict[str, Any], budget: float) -> dict[str, A
     confirmed = [{"trial_id": e["trial_id"], "reference": e["reference"], "mean": e["mean"], "sd": e["sd"],
                   "seeds": e["seeds"], "accuracies": e["accuracies"], "proxy_accuracy": e["record"]["accuracy"],
                   "flops": e["record"]["flops"], "recommended": e["recommended"], "within_noise": e["within_noise"],
+                  "complete": e["complete"], "missing_seeds": e["missing"],
+                  "noise_se": None if e["noise"] is None else e["noise"]._asdict(),
+                  "pooled_seed_sd": None if math.isnan(e["pooled_sd"]) else e["pooled_sd"],
                   "fidelity": e["fidelity"], "arch": e["record"]["arch"]} for e in analysis["confirmed"]]
     return {"run": str(run.path), "budget": budget, "hypervolume": analysis["hypervolume"],
             "trials": analysis["by_status"],

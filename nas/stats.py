@@ -10,8 +10,21 @@ keeps its dependencies short, and every statistic here is a few lines of its tex
 - ``top_k_overlap``: of the k best by the score, how many are among the k best by the reference.
 - ``bootstrap_interval``: a percentile bootstrap over architectures (Efron & Tibshirani 1993, ch. 13):
   the spread of a statistic when the architectures themselves are a sample.
+- ``bootstrap_difference``: the same bootstrap of the difference of one statistic for two scores against one
+  reference, both computed on each resample: "does the proxy rank better than FLOPs" as one interval.
 - ``permutation_p``: one-sided permutation test of "no positive association", with the +1 correction of
   Phipson & Smyth (2010) so that a p-value is never 0.
+
+Noise of an accuracy difference (the pick of a search, ``nas.pareto``):
+
+- ``pooled_sd``: the pooled standard deviation of several groups (candidates, each trained from a few
+  seeds), sqrt(sum of squared deviations from each group's mean / sum of (n_i - 1)); with equal group sizes
+  it is the root mean square of the groups' sds.
+- ``paired_difference_se``: the standard error, over the sample of validation images, of the difference of
+  two networks' accuracies on the *same* images, from their per-image disagreement (McNemar 1947).
+- ``binomial_difference_se``: the same for two accuracies measured on independent images; the fallback
+  when per-image results are not recorded, and larger than the paired one for networks that agree.
+- ``pack_bits`` / ``unpack_bits``: per-image correctness as a hex string, the form a run record keeps.
 
 Higher is better in both the score and the reference. A statistic that is undefined (fewer than two
 architectures, a constant input) is NaN, not an error: a calibration can then say "no ranking power".
@@ -27,7 +40,9 @@ import numpy as np
 
 from .errors import OpmixError
 
-__all__ = ["kendall_tau_b", "spearman_rho", "top_k_overlap", "bootstrap_interval", "permutation_p"]
+__all__ = ["kendall_tau_b", "spearman_rho", "top_k_overlap", "bootstrap_interval", "bootstrap_difference",
+           "permutation_p", "pooled_sd", "paired_difference_se", "binomial_difference_se", "pack_bits",
+           "unpack_bits"]
 
 Stat = Callable[[np.ndarray, np.ndarray], float]
 
@@ -102,6 +117,27 @@ def top_k_overlap(score, reference, k: int) -> int:
     return int(len(np.intersect1d(top_a, top_b)))
 
 
+def _bootstrap(values_of: Callable[[np.ndarray], float], n: int, level: float, resamples: int,
+               seed: int) -> tuple[float, float]:
+    """Percentile interval of ``values_of(idx)`` over ``resamples`` draws of ``n`` indices with replacement;
+    undefined (NaN) resamples are skipped, (nan, nan) if all of them are. The draws depend only on
+    (n, resamples, seed), so two calls with the same seed resample the same architectures."""
+    if not 0 < level < 1:
+        raise OpmixError(f"level={level!r} must be in (0, 1), e.g. 0.90 for a 90 % interval")
+    if resamples < 1:
+        raise OpmixError(f"resamples={resamples!r} must be at least 1")
+    if n == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    values = np.array([values_of(i) for i in idx], dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def bootstrap_interval(stat: Stat, x, y, *, level: float = 0.90, resamples: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(x, y)``, resampling architectures (pairs) with replacement.
@@ -110,20 +146,21 @@ def bootstrap_interval(stat: Stat, x, y, *, level: float = 0.90, resamples: int 
     where the statistic is undefined (all drawn pairs tied) are skipped; (nan, nan) if all of them are.
     """
     a, b = _pair(x, y)
-    if not 0 < level < 1:
-        raise OpmixError(f"level={level!r} must be in (0, 1), e.g. 0.90 for a 90 % interval")
-    if resamples < 1:
-        raise OpmixError(f"resamples={resamples!r} must be at least 1")
-    if len(a) == 0:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-    values = np.array([stat(a[i], b[i]) for i in idx], dtype=float)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(values, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return _bootstrap(lambda i: stat(a[i], b[i]), len(a), level, resamples, seed)
+
+
+def bootstrap_difference(stat: Stat, x, z, y, *, level: float = 0.90, resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(x, y) - stat(z, y)``: two scores of the same architectures
+    (a proxy ``x`` and FLOPs ``z``) against one reference ``y``, both statistics computed on each resample.
+
+    Comparing one score's interval with the other's point value ignores the other's own noise; two separate
+    intervals ignore that both rest on the same architectures and reference, which makes their errors move
+    together. The paired difference counts both. Resamples where either statistic is undefined are skipped.
+    """
+    a, b = _pair(x, y)
+    c, _ = _pair(z, y)
+    return _bootstrap(lambda i: stat(a[i], b[i]) - stat(c[i], b[i]), len(a), level, resamples, seed)
 
 
 def permutation_p(x, y, stat: Stat = kendall_tau_b, resamples: int = 2000, seed: int = 0) -> float:
@@ -138,3 +175,68 @@ def permutation_p(x, y, stat: Stat = kendall_tau_b, resamples: int = 2000, seed:
     slack = 1e-12 * max(1.0, abs(observed))  # a permutation that ties the observed value counts as >=
     hits = sum(stat(a, rng.permutation(b)) >= observed - slack for _ in range(resamples))
     return (1 + hits) / (1 + resamples)
+
+
+def pooled_sd(groups) -> tuple[float, int]:
+    """The pooled standard deviation of ``groups`` (sequences of numbers, e.g. one candidate's accuracies
+    over seeds) and its degrees of freedom: sqrt(sum_i sum_j (x_ij - mean_i)^2 / sum_i (n_i - 1)).
+
+    Two seeds per candidate give one degree of freedom each, too few to judge one pair of candidates by;
+    the spread of retraining is much the same across candidates of one space at one fidelity, so pooling
+    over all of them estimates it from many more. Groups of one value add nothing; (nan, 0) when no group
+    has two.
+    """
+    squares, dof = 0.0, 0
+    for g in groups:
+        v = np.asarray(g, dtype=float)
+        if np.isnan(v).any():
+            raise OpmixError("a group holds NaN; drop the missing values before pooling")
+        if len(v) > 1:
+            squares += float(((v - v.mean()) ** 2).sum())
+            dof += len(v) - 1
+    return (float(np.sqrt(squares / dof)), dof) if dof else (float("nan"), 0)
+
+
+def paired_difference_se(correct_a, correct_b) -> float:
+    """Standard error, over the sample of validation images, of accuracy(a) - accuracy(b) for two networks
+    scored on the same ``n`` images: ``correct_a`` and ``correct_b`` are per-image 0/1 results, one row
+    per seed (k_a x n and k_b x n, or one row as a 1-D sequence).
+
+    With d_i = mean over a's seeds of its result on image i, minus b's, the difference of the mean
+    accuracies is mean(d), and its variance over images is (mean(d^2) - mean(d)^2) / n. With one seed
+    each that is McNemar's: ((b + c)/n - ((b - c)/n)^2) / n, b and c the images that only one of the two
+    gets right. Images both get right or both get wrong add no noise to the difference: two networks that
+    agree on most images are compared more finely than two independent accuracies would allow.
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=float))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=float))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise OpmixError(f"per-image results of shapes {a.shape} and {b.shape} are not on the same images; "
+                         f"both need one column per validation image")
+    d = a.mean(axis=0) - b.mean(axis=0)
+    return float(np.sqrt(max(0.0, float((d ** 2).mean() - d.mean() ** 2)) / len(d)))
+
+
+def binomial_difference_se(p_a: float, p_b: float, n: int) -> float:
+    """Standard error of p_a - p_b for two accuracies measured on ``n`` independent images each:
+    sqrt((p_a (1 - p_a) + p_b (1 - p_b)) / n). On the same images it overstates the noise (the networks'
+    errors are correlated); it is the fallback where per-image results are missing."""
+    if n < 1:
+        raise OpmixError(f"n={n!r} validation images; need at least 1")
+    return float(np.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n))
+
+
+def pack_bits(bits) -> str:
+    """Per-image 0/1 results as a hex string, 8 images a byte, the first image in the highest bit."""
+    return np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The ``n`` per-image results (bool) of ``pack_bits``; an OpmixError if ``text`` does not hold ``n``."""
+    try:
+        raw = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+    except (TypeError, ValueError):
+        raise OpmixError(f"per-image results {str(text)[:20]!r}... are not a hex string") from None
+    if len(raw) != (n + 7) // 8:
+        raise OpmixError(f"per-image results hold {len(raw) * 8} bits, not the {n} images they claim")
+    return np.unpackbits(raw)[:n].astype(bool)

@@ -1,0 +1,202 @@
+"""Noise statistics that say what they claim: the pooled seed sd, the paired (McNemar) image noise, complete
+seeds for the pick, the paired bootstrap of two taus, and per-image results through a confirmation record.
+Every expected number is computed here from the formula it checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nas.pareto import analyze, confirmed_lines, noise_statement
+from nas.stats import (binomial_difference_se, bootstrap_difference, bootstrap_interval, kendall_tau_b,
+                       pack_bits, paired_difference_se, pooled_sd, spearman_rho, unpack_bits)
+
+ARCH = {"input": {"channels": 3, "size": 224, "classes": 1000}, "stem": {"type": "patch4", "width": 32},
+        "stages": [{"op": "convnext", "width": 64, "depth": 2, "stride": 1}], "head": {"type": "pool_linear"}}
+FIDELITY = {"max_train": 3072, "epochs": 2, "train_images": 3072, "val_images": 1000}
+
+
+def proxy(trial_id, flops=1e9):
+    return {"trial_id": trial_id, "status": "completed", "flops": flops, "params": 10**6, "accuracy": 0.5,
+            "epochs": 2, "accuracies": [0.5], "arch": ARCH, "reference": None, "error": None}
+
+
+def confirmation(of, seed, accuracy=None, flops=1e9, fidelity=FIDELITY, correct=None, status="confirmed"):
+    """A confirmation record as nas._confirm writes it; with ``correct`` (per-image 0/1), its accuracy is
+    theirs and the record holds them packed, as the trial function reports them."""
+    r = {**proxy(f"{of}-c{seed}", flops), "status": status, "confirms": of, "seed": seed, "fidelity": fidelity}
+    if correct is not None:
+        correct = np.asarray(correct, dtype=bool)
+        accuracy = float(correct.mean())
+        r.update(correct=pack_bits(correct), val_images=len(correct))
+    return {**r, "accuracy": accuracy, "accuracies": [accuracy]}
+
+
+def pooled(*groups):
+    """sqrt(sum of squared deviations from each group's own mean / sum of (n_i - 1)), written out."""
+    squares = sum((x - sum(g) / len(g)) ** 2 for g in groups for x in g)
+    return math.sqrt(squares / sum(len(g) - 1 for g in groups))
+
+
+# ------------------------------------------------------------------------------------------- nas.stats
+def test_pooled_sd_weights_each_group_by_its_degrees_of_freedom():
+    groups = [[0.80, 0.82], [0.70, 0.74, 0.75], [0.9]]
+    sd, dof = pooled_sd(groups)
+    assert dof == 1 + 2 and sd == pytest.approx(pooled(*groups[:2]))
+    # equal group sizes: the root mean square of the groups' sds, not their mean
+    even = [[0.80, 0.82], [0.70, 0.76], [0.5, 0.5]]
+    sds = [np.std(g, ddof=1) for g in even]
+    assert pooled_sd(even)[0] == pytest.approx(math.sqrt(np.mean(np.square(sds))))
+    assert pooled_sd(even)[0] > np.mean(sds)
+    sd, dof = pooled_sd([[0.8], [0.7]])  # one value per group: nothing to pool
+    assert math.isnan(sd) and dof == 0
+    with pytest.raises(ValueError, match="NaN"):
+        pooled_sd([[0.8, float("nan")]])
+
+
+def test_paired_se_is_mcnemars_for_one_seed_each():
+    n = 40
+    a = np.zeros(n, bool)
+    a[:30] = True  # a gets images 0-29 right
+    b = np.zeros(n, bool)
+    b[8:34] = True  # b gets 8-33: only a gets 0-7 (8 images), only b 30-33 (4)
+    only_a, only_b = 8, 4
+    expected = math.sqrt(((only_a + only_b) / n - ((only_a - only_b) / n) ** 2) / n)
+    assert paired_difference_se(a, b) == pytest.approx(expected)
+    assert paired_difference_se(b, a) == pytest.approx(expected)
+    assert paired_difference_se(a, a) == 0.0  # the same predictions: no image noise in the difference
+    # networks that agree on most images: less noise than two independent accuracies would have
+    assert expected < binomial_difference_se(a.mean(), b.mean(), n)
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference_se(a, b[:-1])
+
+
+def test_paired_se_over_seeds_uses_each_images_mean_result():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 50)) < 0.8, rng.random((3, 50)) < 0.7  # 2 seeds of a, 3 of b, on 50 images
+    d = a.mean(axis=0) - b.mean(axis=0)
+    expected = math.sqrt((np.mean(d ** 2) - np.mean(d) ** 2) / 50)
+    assert paired_difference_se(a, b) == pytest.approx(expected)
+    assert np.mean(d) == pytest.approx(a.mean() - b.mean())  # d's mean is the difference of the mean accuracies
+
+
+def test_binomial_se_formula():
+    assert binomial_difference_se(0.81, 0.72, 1000) == pytest.approx(math.sqrt((0.81 * 0.19 + 0.72 * 0.28) / 1000))
+    with pytest.raises(ValueError, match="validation images"):
+        binomial_difference_se(0.8, 0.7, 0)
+
+
+def test_bits_round_trip_and_refuse_the_wrong_count():
+    bits = np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 1], bool)  # 13: not a whole number of bytes
+    text = pack_bits(bits)
+    assert len(text) == 2 * math.ceil(13 / 8) and text[:2] == f"{0b10110001:02x}"
+    assert unpack_bits(text, 13).tolist() == bits.tolist()
+    with pytest.raises(ValueError, match="not the 20 images"):
+        unpack_bits(text, 20)
+    with pytest.raises(ValueError, match="hex"):
+        unpack_bits("zz", 8)
+
+
+def test_bootstrap_difference_pairs_the_two_statistics_on_each_resample():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=12)
+    x, z = y + 0.5 * rng.normal(size=12), y + 2.0 * rng.normal(size=12)
+    lo, hi = bootstrap_difference(kendall_tau_b, x, z, y, resamples=300, seed=4)
+    idx = np.random.default_rng(4).integers(0, 12, size=(300, 12))  # the draws bootstrap_interval makes too
+    diffs = [kendall_tau_b(x[i], y[i]) - kendall_tau_b(z[i], y[i]) for i in idx]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])))
+    assert bootstrap_interval(kendall_tau_b, x, y, resamples=300, seed=4) == pytest.approx(
+        tuple(np.quantile([kendall_tau_b(x[i], y[i]) for i in idx], [0.05, 0.95])))
+    assert bootstrap_difference(spearman_rho, x, x, y, resamples=50) == (0.0, 0.0)  # a score against itself
+
+
+# ---------------------------------------------------------------------------------------- the pick (nas.pareto)
+def entry(analysis, trial_id):
+    return next(e for e in analysis["confirmed"] if e["trial_id"] == trial_id)
+
+
+def test_the_seed_term_is_pooled_over_the_candidates_at_one_fidelity():
+    """Before, the seed term of a pair was pooled over the pair alone: 0 with one seed on each side, one
+    degree of freedom per candidate. Now every candidate at the fidelity counts; another fidelity does not."""
+    other = {**FIDELITY, "epochs": 5}
+    recs = [proxy(i) for i in range(5)] + [
+        confirmation(0, 0, 0.80), confirmation(0, 1, 0.84),  # the pick: mean 0.82
+        confirmation(1, 0, 0.70), confirmation(1, 1, 0.71),
+        confirmation(2, 0, 0.60), confirmation(2, 1, 0.66),
+        confirmation(3, 0, 0.815),  # its seed 1 was cut off: one seed
+        confirmation(4, 0, 0.50, fidelity=other), confirmation(4, 1, 0.10, fidelity=other),  # not in the pool
+    ]
+    a = analyze(recs, 4e9)
+    s = pooled([0.80, 0.84], [0.70, 0.71], [0.60, 0.66])
+    assert a["pick"]["trial_id"] == 0 and a["pick"]["pooled_sd"] == pytest.approx(s)
+    assert a["pick"]["pooled_dof"] == 3 and a["pick"]["pooled_over"] == 3
+    binomial = lambda p, q: math.sqrt((p * (1 - p) + q * (1 - q)) / 1000)  # no per-image results recorded
+    one = entry(a, 3)["noise"]  # 2 seeds against 1: the old rule's seed term came from the pick's seeds alone
+    assert one.seed_se == pytest.approx(math.sqrt(s ** 2 / 2 + s ** 2 / 1))
+    assert one.total == pytest.approx(math.hypot(one.seed_se, binomial(0.82, 0.815))) and not one.paired
+    two = entry(a, 1)["noise"]
+    assert two.seed_se == pytest.approx(s) and two.total == pytest.approx(math.hypot(s, binomial(0.82, 0.705)))
+    assert entry(a, 1)["within_noise"] is (0.82 - 0.705 <= two.total)
+    text = noise_statement(a)
+    assert f"seed sd {s:.4f} pooled over 3 candidates, 3 degrees of freedom" in text
+    assert "binomial on 1000 images" in text and "no per-image results" in text
+
+
+def test_one_seed_everywhere_leaves_the_seed_noise_unmeasured_and_says_so():
+    recs = [proxy(0), proxy(1, 2e9), confirmation(0, 0, 0.8), confirmation(1, 0, 0.8, flops=2e9)]
+    a = analyze(recs, 4e9)
+    assert a["best"]["trial_id"] == 0 and not a["pick"]["complete"]  # the cheaper on a tie, marked
+    noise = entry(a, 1)["noise"]
+    assert noise.seed_se is None and noise.total == pytest.approx(math.sqrt(2 * 0.8 * 0.2 / 1000))
+    text = noise_statement(a)
+    assert "retraining noise unmeasured" in text and "the pick lacks a second seed" in text
+
+
+def test_a_candidate_without_all_its_seeds_is_shown_but_not_picked():
+    """Trial 1's mean of one seed (0.90) tops trial 0's two (0.85); before, it was the pick, ranked on one
+    seed. Its seed 1 failed (a record says so) or was cut off (nothing recorded)."""
+    base = [proxy(0), proxy(1), confirmation(0, 0, 0.84), confirmation(0, 1, 0.86), confirmation(1, 0, 0.90)]
+    for extra, why in (([], "cut off"), ([confirmation(1, 1, None, status="failed")], "failed")):
+        a = analyze(base + extra, 4e9)
+        assert a["best"]["trial_id"] == 0 and a["pick"]["complete"]
+        lacking = entry(a, 1)
+        assert not lacking["complete"] and lacking["missing"] == [1] and not lacking["recommended"]
+        text = noise_statement(a)
+        assert f"trial 1 has a higher mean but lacks seed 1 ({why}), so it is not the pick" in text
+        assert text.startswith("the pick is the only confirmed candidate with all its seeds")  # not 'beats'
+
+        rows = {line.split()[2 if line[0] in "*~" else 1]: line for line in confirmed_lines(a) if "convnext" in line}
+        assert rows["0"].startswith("*") and " 1/2 " in rows["1"] and " 2 " in rows["0"]
+
+
+def test_paired_image_noise_from_per_image_results():
+    """Two networks that agree on all but 15 of 1000 images, 0.015 apart: beyond the paired noise (about
+    0.004), within the binomial one (0.018) that the same records without per-image results fall back to."""
+    n = 1000
+    a0 = np.arange(n) < 800  # 0.800
+    a1 = a0.copy()
+    a1[900] = True  # seed 1 of a gets one more image: 0.801
+    b0 = np.arange(n) < 785  # 0.785, a subset of a's images
+    b1 = b0.copy()
+    b1[0] = False  # 0.784
+    recs = [proxy(0), proxy(1), confirmation(0, 0, correct=a0), confirmation(0, 1, correct=a1),
+            confirmation(1, 0, correct=b0), confirmation(1, 1, correct=b1)]
+    a = analyze(recs, 4e9)
+    d = (a0.astype(float) + a1) / 2 - (b0.astype(float) + b1) / 2
+    image = math.sqrt((np.mean(d ** 2) - np.mean(d) ** 2) / n)
+    s = pooled([a0.mean(), a1.mean()], [b0.mean(), b1.mean()])
+    noise = entry(a, 1)["noise"]
+    assert noise.paired and noise.image_se == pytest.approx(image)
+    assert noise.total == pytest.approx(math.hypot(s * math.sqrt(1 / 2 + 1 / 2), image))
+    gap = a["pick"]["mean"] - entry(a, 1)["mean"]
+    assert gap > noise.total and entry(a, 1)["within_noise"] is False
+    assert "image noise paired on the same 1000 validation images" in noise_statement(a)
+    # records written before per-image results: the binomial fallback, and the pair is within noise
+    old = analyze([{k: v for k, v in r.items() if k not in ("correct", "val_images")} for r in recs], 4e9)
+    fallback = entry(old, 1)["noise"]
+    binomial = math.sqrt((0.8005 * 0.1995 + 0.7845 * 0.2155) / 1000)
+    assert not fallback.paired and fallback.image_se == pytest.approx(binomial)
+    assert gap <= fallback.total and entry(old, 1)["within_noise"] is True
