@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from nas.errors import OpmixError, UnknownNameError
+from ._errors import OpmixError, UnknownNameError
 
 OpFactory = Callable[..., nn.Module]
 

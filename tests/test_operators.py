@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +135,26 @@ def test_heads_that_do_not_divide_the_width_are_refused(name):
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         operators.register_op("repvgg", operators.get_spec("repvgg").factory, paper="x", family="conv")
+
+
+def test_the_catalog_imports_without_the_framework():
+    """The catalog is the ground floor: a fresh interpreter that imports it loads no module of ``nas``."""
+    code = "import sys, operators; assert not [m for m in sys.modules if m == 'nas' or m.startswith('nas.')]"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda: operators.create_op("resnet_basik", 8, 8), "unknown operator 'resnet_basik'; known operators: "),
+    (lambda: operators.create_op("repvgg", 8, 8, stride=3), "operator 'repvgg': stride 3 is not allowed"),
+])
+def test_a_catalog_error_is_one_line_on_the_command_line(bad, message, capsys):
+    """The framework builds on the catalog's errors: a command turns one into one line and exit code 2."""
+    from nas import _cli
+
+    with pytest.raises(SystemExit) as exit_:
+        _cli.run("python -m nas.example", lambda argv: bad())
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m nas.example: error: {message}") and err.count("\n") == 1
