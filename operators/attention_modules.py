@@ -1,4 +1,4 @@
-"""Lightweight attention add-ons for the conv operators, and GCNet's GC-ResNet block (``global_context``).
+"""Lightweight attention add-ons for the conv operators: SE, ECA, CBAM and GCNet's global context module.
 
 Papers: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (SE); Wang et al., "ECA-Net: Efficient Channel
 Attention for Deep Convolutional Neural Networks", CVPR 2020 (ECA); Woo et al., "CBAM: Convolutional Block
@@ -20,14 +20,10 @@ Each add-on maps (N, C, H, W) to the same shape; ``attention_factory`` turns the
 Where each operator puts it (the official SE-ResNet / CBAM / GCNet / RepVGG / MobileOne code): on the residual
 branch after its last BN, before the addition (ResNet); in place of the built-in SE (MBConv); after the re-
 parameterizable conv's BN sum, before its ReLU (RepVGG's ``use_se``, MobileOne's ``use_se``, in both units);
-after ConvNeXt's branch, before the layer scale. The operators' docstrings say more. The add-ons have no
-training-only structure except CBAM's spatial BN, which folds into its 7x7 conv (``ConvNormAct``); GC's LayerNorm
-stays, so the deploy form of every operator stays exact.
-
-``global_context``: ResNet's bottleneck (``resnet.Bottleneck``) with the GC module after the expand BN, before
-the addition (GCNet's "after 1x1" placement, the one its ResNet-50 results use), reduction 16, He init and
-timm's zero-initialized last BN as ``resnet_bottleneck``. GCNet's own figures are for a GC block in every
-bottleneck of stages 2-4 (c3-c5); a stage of ``global_context`` in stage 1 too is the search's choice.
+after ConvNeXt's branch, before the layer scale; after the expand BN of ResNet's bottleneck in GCNet's GC-ResNet
+block (the ``global_context`` operator, ``global_context.py``). The operators' docstrings say more. The add-ons
+have no training-only structure except CBAM's spatial BN, which folds into its 7x7 conv (``ConvNormAct``); GC's
+LayerNorm stays, so the deploy form of every operator stays exact.
 
 Departures:
 - Reduced widths never go below 8 channels (or C, if smaller): ``max(C // 16, min(C, 8))``, the floor of
@@ -67,7 +63,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._layers import ConvNormAct, SqueezeExcite, init_weights
-from ._registry import register_op
 
 ATTENTION_ADDONS = ("se", "eca", "cbam", "gc")
 ATTENTION_REDUCTION = 16  # SE-ResNet, CBAM and GCNet's backbone setting: C -> C / 16 in the bottleneck MLPs
@@ -181,19 +176,3 @@ def attention_factory(op: str, attn: str | None, reduction: int = ATTENTION_REDU
     if attn == "cbam":
         return lambda chs: CBAMAttention(chs, reduction)
     return lambda chs: GlobalContextModule(chs, reduction)
-
-
-# Imported after attention_factory: resnet.py imports it from here at its end, so either module may load first.
-from .resnet import Bottleneck
-
-
-def global_context(in_chs: int, out_chs: int, stride: int = 1, reduction: int = ATTENTION_REDUCTION,
-                   expansion: int = 4) -> nn.Module:
-    """GCNet's GC-ResNet bottleneck: ``resnet_bottleneck`` with the GC module after the expand BN."""
-    return Bottleneck(in_chs, out_chs, stride, expansion=expansion,
-                      attn=attention_factory("global_context", "gc", reduction))
-
-
-GC_PAPER = ("Cao et al., GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond, ICCV Workshops "
-            "2019 (Global Context Networks, TPAMI 2020)")
-register_op("global_context", global_context, family="conv", paper=GC_PAPER)

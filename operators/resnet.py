@@ -27,6 +27,7 @@ from torch import nn
 
 from ._layers import ConvNormAct, init_weights
 from ._registry import register_op
+from .attention_modules import attention_factory
 
 # mixer(mid_chs, stride) -> module mapping (N, mid, H, W) to (N, mid, ceil(H/s), ceil(W/s)), BN + ReLU included
 MixerFactory = Callable[[int, int], nn.Module]
@@ -103,6 +104,3 @@ def resnet_bottleneck(in_chs: int, out_chs: int, stride: int = 1, expansion: int
 PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
 register_op("resnet_basic", resnet_basic, paper=PAPER, family="conv", variants=({}, {"attn": "se"}))
 register_op("resnet_bottleneck", resnet_bottleneck, paper=PAPER, family="conv", variants=({}, {"attn": "cbam"}))
-
-# Imported last: attention_modules builds its GC-ResNet operator on Bottleneck, so it imports this module.
-from .attention_modules import attention_factory

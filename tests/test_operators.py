@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 import subprocess
@@ -143,6 +144,39 @@ def test_the_catalog_imports_without_the_framework():
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _catalog_imports() -> dict[str, set[str]]:
+    """Each module of the catalog -> the catalog modules it imports, at the top or inside a function."""
+    folder = Path(operators.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("operators."):
+                found.add(node.module.split(".")[1])
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def test_the_catalog_has_no_import_circle():
+    """Two modules that import each other are one module or three: the catalog's imports point one way."""
+    graph = _catalog_imports()
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for dep in sorted(graph.get(name, ())):
+            assert state.get(dep) != "open", f"import circle: {' -> '.join(path + [name, dep])}"
+            if dep not in state:
+                visit(dep, path + [name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
 
 
 @pytest.mark.parametrize("bad,message", [
