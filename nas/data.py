@@ -26,32 +26,38 @@ Formats (all parsed here with numpy/struct; no pickle, no torchvision):
   records of a coarse and a fine label byte then 3072 pixel bytes. The fine label (100 classes) is used.
   For both CIFARs, ``data_dir`` defaults to ``$OPMIX_DATA``; images stay at 32x32.
 - ``imagefolder:PATH``: ``PATH/<class>/<image>`` (.png .jpg .jpeg .bmp .gif .webp, any case), classes in
-  sorted name order; each image is converted to RGB and resized to ``image_size`` (bilinear).
+  sorted name order; each image is converted to RGB and resized to ``image_size`` (PIL's bilinear, which
+  averages over the source pixels when it shrinks). ``resize_data`` reads the files again at the size it is
+  asked for, so a proxy at ``--image-size 64`` sees 64 px of the source, not a 32-px read blown up.
 
 Every failure is a ``DataError`` whose one-line message names the path, says what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import OpmixError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["ImageData", "DataError", "load_dataset", "find_fashion_mnist", "DATASETS", "SYSTEM_FASHION_MNIST"]
+__all__ = ["ImageData", "DataError", "load_dataset", "resize_data", "find_fashion_mnist", "DATASETS",
+           "SYSTEM_FASHION_MNIST"]
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH")
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -85,6 +91,10 @@ class ImageData:
     mean: tuple[float, ...]  # per channel, of train_x in [0, 1] units
     std: tuple[float, ...]
     source: str
+    # (train_x, val_x) read again from the files at another size, for a dataset read at a size of our choosing
+    # (an image folder): resizing then starts from the source's pixels, not from the first read's.
+    reader: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False,
+                                                                               compare=False)
 
     @property
     def in_chans(self) -> int:
@@ -101,19 +111,45 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_fraction:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction!r} is outside (0, 1); give the fraction of the training set "
                         "to hold out, e.g. 0.1")
+    files = None  # an image folder's files, read again at another size by resize_data
     if name == "fashion-mnist":
         x, y, num_classes, source = _load_fashion_mnist(data_dir)
     elif name in ("cifar10", "cifar100"):
         x, y, num_classes, source = _load_cifar(name, data_dir)
     elif name.startswith("imagefolder:"):
-        x, y, num_classes, source = _load_imagefolder(name.removeprefix("imagefolder:"), image_size)
+        files, y, num_classes, source = _imagefolder_files(name.removeprefix("imagefolder:"), image_size)
+        x = _read_images(files, image_size)
     else:
         raise DataError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
     train, val = _split(len(y), val_fraction, seed, source)
     train_x = x[train]
     mean, std = _channel_stats(train_x)
+    reader = None if files is None else functools.partial(_read_split, files, train, val)
     return ImageData(name=name, train_x=train_x, train_y=y[train], val_x=x[val], val_y=y[val],
-                     num_classes=num_classes, mean=mean, std=std, source=source)
+                     num_classes=num_classes, mean=mean, std=std, source=source, reader=reader)
+
+
+def resize_data(data: ImageData, image_size: int | None) -> ImageData:
+    """``data`` with its images at ``image_size`` px (None: as they are). An image folder is read again from
+    its files at that size (see the module docstring); tensors that are the source (the IDX and CIFAR
+    formats) are resized bilinearly, with antialiasing when they shrink, and rounded to uint8. Labels, split
+    and the normalization stay the dataset's. Resize once per dataset, not per trial."""
+    if image_size is None or image_size == data.image_size:
+        return data
+    if image_size < 1:
+        raise DataError(f"image_size={image_size} must be a positive number of pixels")
+    if data.reader is not None:
+        train_x, val_x = data.reader(image_size)
+    else:
+        train_x, val_x = _interpolate(data.train_x, image_size), _interpolate(data.val_x, image_size)
+    return dataclasses.replace(data, train_x=train_x, val_x=val_x)
+
+
+def _interpolate(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    out = [F.interpolate(x[i:i + 4096].float(), size=(image_size, image_size), mode="bilinear",
+                         align_corners=False, antialias=image_size < x.shape[-1])
+           for i in range(0, len(x), 4096)]
+    return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
@@ -239,8 +275,8 @@ def _read_cifar_records(path: Path, label_bytes: int, num_classes: int) -> tuple
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _load_imagefolder(path: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
-    """PATH/<class>/<image>: classes in sorted name order, every image RGB at image_size x image_size."""
+def _imagefolder_files(path: str, image_size: int) -> tuple[tuple[Path, ...], torch.Tensor, int, str]:
+    """PATH/<class>/<image>: the image files and their labels, classes in sorted name order."""
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise DataError(f"{root}: not a folder; give imagefolder:PATH with PATH/<class_name>/<images>")
@@ -250,16 +286,29 @@ def _load_imagefolder(path: str, image_size: int) -> tuple[torch.Tensor, torch.T
     if len(classes) < 2:
         raise DataError(f"{root}: {len(classes)} class folder(s), need at least 2; put each class's images in "
                         "PATH/<class_name>/")
-    images, labels = [], []
+    files: list[Path] = []
+    labels: list[int] = []
     for label, folder in enumerate(classes):
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise DataError(f"{folder}: class {folder.name!r} has no images ({' '.join(IMAGE_SUFFIXES)}); add "
                             "some or remove the folder")
-        images += [_read_image(f, image_size) for f in files]
-        labels += [label] * len(files)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64), len(classes), str(root)
+        files += found
+        labels += [label] * len(found)
+    return tuple(files), torch.tensor(labels, dtype=torch.int64), len(classes), str(root)
+
+
+def _read_images(files: tuple[Path, ...], image_size: int) -> torch.Tensor:
+    """Every file as RGB at image_size x image_size, uint8 (N, 3, H, W)."""
+    images = np.stack([_read_image(f, image_size) for f in files])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_split(files: tuple[Path, ...], train: torch.Tensor, val: torch.Tensor, image_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ImageData.reader`` of an image folder: the train and validation images read again at image_size."""
+    x = _read_images(files, image_size)
+    return x[train], x[val]
 
 
 def _read_image(path: Path, image_size: int) -> np.ndarray:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from .arch import Arch, stem_stride
+from .data import resize_data  # re-exported: the proxy's callers resize through it
 from .errors import OpmixError
 
 __all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "resize_data", "WARMUP_EPOCHS"]
@@ -154,20 +154,6 @@ def proxy_arch(arch: Arch, input_size: int) -> Arch:
                 params[name] = _scaled_extent(extent, t_map, p_map)
         stages.append(dataclasses.replace(stage, params=tuple(sorted(params.items()))))
     return dataclasses.replace(arch, stages=tuple(stages))
-
-
-def resize_data(data, image_size: int | None):
-    """``data`` (a ``nas.data.ImageData``) with its images resized to ``image_size`` (bilinear, uint8)."""
-    if image_size is None or image_size == data.image_size:
-        return data
-
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        out = [F.interpolate(x[i:i + 4096].float(), size=(image_size, image_size), mode="bilinear",
-                             align_corners=False, antialias=image_size < x.shape[-1])
-               for i in range(0, len(x), 4096)]
-        return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
-
-    return dataclasses.replace(data, train_x=resize(data.train_x), val_x=resize(data.val_x))
 
 
 def build_proxy(arch: Arch, data, settings: ProxySettings, seed: int):

@@ -7,6 +7,7 @@ it is installed, and is skipped otherwise).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 from importlib import resources
@@ -306,6 +307,40 @@ def test_imagefolder(tmp_path):
     assert y.tolist() == [0, 0, 0, 1, 1]  # classes sorted by name: ant, cat
     assert (x[:3] == 77).all()  # a flat colour stays exact through the bilinear resize
     assert (x[3:, 0] == 10).all() and (x[3:, 1] == 20).all() and (x[3:, 2] == 30).all()
+
+
+def striped_png(path: Path, k: int) -> np.ndarray:
+    """A 64-px image of 1-px stripes (vertical in red, horizontal in blue, green k * 20): stripes that a 32-px
+    read averages away. Returns its pixels, (64, 64, 3)."""
+    from PIL import Image
+
+    i, j = np.mgrid[:64, :64]
+    pixels = np.stack([255 * (j % 2), np.full_like(j, 20 * k), 255 * (i % 2)], axis=-1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return pixels
+
+
+def test_imagefolder_is_read_again_at_the_size_asked_for(tmp_path):
+    """resize_data (what --image-size goes through) reads an image folder's files at the new size: at 64 px
+    the source's own pixels, at 48 PIL's bilinear of the 64-px source, never the 32-px first read blown up."""
+    from PIL import Image
+
+    from nas.proxy import resize_data
+
+    root = tmp_path / "imgs"
+    sources = [striped_png(root / f"class{k % 2}" / f"{k}.png", k) for k in range(6)]
+    order = [0, 2, 4, 1, 3, 5]  # file order: class0's images, then class1's
+    d = load_dataset(f"imagefolder:{root}", val_fraction=0.5)  # the default read: 32 px
+    assert d.image_size == 32
+    at64 = resize_data(d, 64)
+    x, y = unsplit(at64)
+    assert torch.equal(x, torch.from_numpy(np.stack([sources[k] for k in order])).permute(0, 3, 1, 2))
+    assert torch.equal(y, unsplit(d)[1]) and at64.mean == d.mean
+    x48, _ = unsplit(resize_data(d, 48))
+    expected = [np.asarray(Image.fromarray(sources[k]).resize((48, 48), Image.Resampling.BILINEAR)) for k in order]
+    assert torch.equal(x48, torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2))
+    assert not torch.equal(x48, unsplit(resize_data(dataclasses.replace(d, reader=None), 48))[0])
 
 
 def test_imagefolder_errors(tmp_path):
