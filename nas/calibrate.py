@@ -5,17 +5,23 @@ budget, spread over FLOPs and operator families; train each at one or more proxy
 setting of much higher fidelity; score each at zero cost (FLOPs, parameters, training-free scores at
 initialization, ``nas.zero_cost``); then ask how well each rung orders the architectures the way the reference
 does: Kendall tau-b and Spearman rho with bootstrap 90 % intervals, top-3 and top-5 overlap, seed noise (the
-cheapest setting is repeated with ``--seeds K``) and cost per candidate. ``--reference-seeds 2`` measures the
-reference against itself (the ceiling), and the report replays a search's confirmation rung: the first
-setting's top 3 re-ranked by each other setting, and that pick's standing by the reference.
+cheapest setting is repeated with ``--seeds K``; the sd pooled over architectures) and cost per candidate.
+Each row says n, the architectures it was scored on: a score of -inf ranks last, and only NaN (undefined)
+leaves one out. ``--reference-seeds 2`` measures the reference against itself (the ceiling), and the report
+replays a search's confirmation rung: the first setting's top 3 re-ranked by each other setting, and that
+pick's standing by the reference. Whether the first setting ranks better than FLOPs and params is the paired
+bootstrap interval of the difference of the taus (``nas.stats.bootstrap_difference``), reported with it.
 
 The output folder is the calibration's memory: ``calibration.yaml`` (the setup: space, budget, dataset,
 settings, reference, seeds), ``archs.jsonl`` (the sample, written once), ``results.jsonl`` (one line per
 finished job, appended and fsync'ed as it comes), then ``report.json`` and ``calibration.png``. Run the same
-command again and it continues where it stopped; a changed setup is refused, never mixed in.
+command again and it continues where it stopped; a changed setup is refused, never mixed in. A job that
+failed (its ``error`` is in ``results.jsonl``) is recorded once and not run again, since it would most likely
+fail again; ``--retry-failed`` runs the recorded failures again on purpose.
 
 Trainings run as Ray tasks (``--address`` joins a cluster), one CPU each by default; each job is
 ``nas.proxy.train_arch`` with the calibration's seed, so a result is a function of (arch, seed, settings).
+``calibrate(..., in_process=True)`` runs them one after another in the calling process instead.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from .flops import format_flops, parse_budget
 from .proxy import ProxySettings
 from .errors import OpmixError
 
-__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "sample_archs", "main"]
+__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "failed_jobs", "sample_archs", "main"]
 
 PROG = "python -m nas.calibrate"
 ZERO_COST = "zero_cost"
@@ -84,7 +90,7 @@ def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], Pr
         return {"default": ProxySettings()}, ProxySettings.from_mapping(DEFAULT_REFERENCE, "reference")
     from .arch import read_yaml
 
-    data = read_yaml(Path(path), "settings file")
+    data = read_yaml(Path(path), "a settings YAML file (--settings)", OpmixError)
     where = str(path)
     if not isinstance(data, dict) or set(data) - {"settings", "reference"} or "settings" not in data:
         raise OpmixError(f"{where}: write a mapping with 'settings' (named proxy settings) and optionally "
@@ -217,10 +223,26 @@ def _jobs(setup: Setup, archs: list[dict[str, Any]]) -> list[tuple[int, str, int
     return jobs
 
 
-def _jobs_left(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[tuple[int, str, int]]:
-    """The jobs without a result; one that failed runs again (its failure may have been the machine's)."""
-    done = {(r["arch"], r["setting"], r["seed"]) for r in results if "error" not in r}
-    return [j for j in _jobs(setup, archs) if j not in done]
+def _key(result: dict[str, Any]) -> tuple[int, str, int]:
+    return result["arch"], result["setting"], result["seed"]
+
+
+def failed_jobs(results: list[dict[str, Any]]) -> set[tuple[int, str, int]]:
+    """The jobs whose last line in ``results.jsonl`` is a failure (an ``error``)."""
+    last = {_key(r): r for r in results}
+    return {k for k, r in last.items() if "error" in r}
+
+
+def _jobs_left(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, Any]],
+               retry_failed: bool = False) -> list[tuple[int, str, int]]:
+    """The jobs without a line in ``results``; with ``retry_failed`` also those whose last line is a failure.
+
+    A failure (a NaN loss, an operator that cannot build) would happen again, so it is recorded once and
+    kept: run on every continue, it would append a failure each time and keep the command exiting 1.
+    ``--retry-failed`` runs them again on purpose (after a fix, or when the machine was at fault)."""
+    recorded = {_key(r) for r in results}
+    retry = failed_jobs(results) if retry_failed else set()
+    return [j for j in _jobs(setup, archs) if j not in recorded or j in retry]
 
 
 def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | None, seed: int, data,
@@ -256,11 +278,13 @@ def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | No
 
 
 def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, cpus_per_job: int = 1,
-              log: Callable[[str], None] = print, data=None, imports: tuple[str, ...] = ()) -> dict[str, Any]:
+              log: Callable[[str], None] = print, data=None, imports: tuple[str, ...] = (),
+              retry_failed: bool = False, in_process: bool = False) -> dict[str, Any]:
     """Run (or continue) the calibration into ``out``; returns ``analyze``'s report, also written to
-    ``report.json`` with the plot ``calibration.png``."""
+    ``report.json`` with the plot ``calibration.png``. Jobs recorded as failed run again only with
+    ``retry_failed``. ``in_process``: run the jobs one after another in this process instead of as Ray tasks
+    (no cluster; for tests of the bookkeeping and machines without Ray)."""
     from .data import load_dataset
-    from .proxy import resize_data
     from .space import load_space
 
     started = time.time()
@@ -273,44 +297,83 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
         log(f"sampling {setup.archs} architectures within {format_flops(setup.budget)}FLOPs from {space.name} ...")
         archs = sample_archs(space, setup.budget, setup.archs, setup.seed, measure_arch, log=log)
         out.write_archs(archs)
-    todo = _jobs_left(setup, archs, out.read_results())
-    log(f"{len(archs)} architectures, {len(_jobs(setup, archs)) - len(todo)} jobs done, {len(todo)} to run")
+    todo = _jobs_left(setup, archs, out.read_results(), retry_failed)
+    failed = len(failed_jobs(out.read_results()))
+    log(f"{len(archs)} architectures, {len(_jobs(setup, archs)) - len(todo)} jobs done, {len(todo)} to run"
+        + (f" ({failed} of them failed before and run again: --retry-failed)" if retry_failed and failed else ""))
     if todo:
-        _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data, tuple(imports))
-    report = analyze(setup, archs, out.read_results())
-    report["jobs_left"] = len(_jobs_left(setup, archs, out.read_results()))
+        _run_jobs(setup, archs, todo, out, data, address=address, cpus_per_job=cpus_per_job, log=log,
+                  started=started, imports=tuple(imports), in_process=in_process)
+    results = out.read_results()
+    report = analyze(setup, archs, results)
+    report["jobs_left"] = len(_jobs_left(setup, archs, results))
+    report["jobs_failed"] = len(failed_jobs(results) & set(_jobs(setup, archs)))
     atomic_write(out.path / "report.json", json.dumps(report, indent=1) + "\n")
-    plot_report(report, archs, out.read_results(), setup, out.path / "calibration.png")
+    plot_report(report, archs, results, setup, out.path / "calibration.png")
     return report
 
 
-def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started, resize_data, imports) -> None:
-    import ray
+def _run_jobs(setup: Setup, archs, todo, out: CalibrationDir, data, *, address, cpus_per_job: int, log,
+              started: float, imports: tuple[str, ...], in_process: bool) -> int:
+    """Run ``todo`` (as Ray tasks, or here with ``in_process``), appending each result to ``out`` as it ends.
+    A job that raises is recorded with its ``error``; one lost with a Ray worker is not. Returns the lost."""
+    from .proxy import resize_data
 
-    from .cluster import start_ray
-
-    start_ray(address, imports)
     knobs = {**{n: dataclasses.asdict(s) for n, s in setup.proxies().items()},
              REFERENCE: dataclasses.asdict(setup.reference_settings())}
-    refs: dict[int | None, Any] = {}
+    by_index = {a["index"]: a for a in archs}
+    sizes: dict[int | None, Any] = {}
+    if in_process:
+        def put(x):
+            return x
+    else:
+        import ray
 
-    def data_ref(size: int | None):
-        if size not in refs:
-            refs[size] = ray.put(resize_data(data, size))
-        return refs[size]
+        from .cluster import start_ray
+
+        start_ray(address, imports)
+        put = ray.put
+
+    def args(index: int, setting: str, seed: int) -> tuple:  # _run_job's arguments; data resized once per size
+        size = None if setting == ZERO_COST else knobs[setting]["image_size"]
+        if size not in sizes:
+            sizes[size] = put(resize_data(data, size))
+        return by_index[index]["arch"], setting, knobs.get(setting), seed, sizes[size], cpus_per_job, imports
+
+    done = [0]
+
+    def record(job: tuple[int, str, int], result: dict[str, Any], left: int) -> None:
+        index, setting, seed = job
+        out.append_result({"arch": index, "setting": setting, "seed": seed, **result})
+        done[0] += 1
+        elapsed = time.time() - started
+        what = (f"accuracy {result['accuracy']:.4f}" if "accuracy" in result else
+                "scored" if "scores" in result else f"FAILED: {result['error']}")
+        log(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] arch {index:2d} {setting:>10s} seed {seed}: {what} "
+            f"({result.get('seconds', 0):.0f} s); {done[0]}/{done[0] + left}")
+
+    if in_process:
+        for k, job in enumerate(todo):
+            try:
+                result = _run_job(*args(*job))
+            except Exception as exc:  # noqa: BLE001 -- as in a Ray task: the job's failure is its result
+                lines = [x for x in str(exc).strip().splitlines() if x.strip()]
+                result = {"error": f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]}
+            record(job, result, len(todo) - k - 1)
+        return 0
+    return _run_on_ray(todo, args, record, log, cpus_per_job)
+
+
+def _run_on_ray(todo, args, record, log, cpus_per_job: int) -> int:
+    """The jobs as Ray tasks (Ray running), one result recorded as each ends; returns how many were lost."""
+    import ray
 
     remote = ray.remote(num_cpus=cpus_per_job, max_retries=2, retry_exceptions=False)(_run_job)
-    by_index = {a["index"]: a for a in archs}
-    pending = {}
-    for index, setting, seed in todo:
-        size = None if setting == ZERO_COST else knobs[setting]["image_size"]
-        ref = remote.remote(by_index[index]["arch"], setting, knobs.get(setting), seed, data_ref(size), cpus_per_job,
-                            imports)
-        pending[ref] = (index, setting, seed)
-    finished = lost = 0
+    pending = {remote.remote(*args(*job)): job for job in todo}
+    lost = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        index, setting, seed = pending.pop(ready[0])
+        job = pending.pop(ready[0])
         try:
             result = ray.get(ready[0])
         except ray.exceptions.RayTaskError as exc:  # the candidate failed (NaN loss, ...): recorded, and go on
@@ -318,16 +381,10 @@ def _run_jobs(setup, archs, todo, out, data, address, cpus_per_job, log, started
             result = {"error": (text[-1] if text else type(exc).__name__)[:300]}
         except ray.exceptions.RayError as exc:  # Ray itself failed (a node or the raylet died): not recorded
             lost += 1
-            log(f"  arch {index} {setting} seed {seed}: lost to Ray ({type(exc).__name__}); it runs again on "
+            log(f"  arch {job[0]} {job[1]} seed {job[2]}: lost to Ray ({type(exc).__name__}); it runs again on "
                 f"the next invocation")
             continue
-        out.append_result({"arch": index, "setting": setting, "seed": seed, **result})
-        finished += 1
-        elapsed = time.time() - started
-        what = (f"accuracy {result['accuracy']:.4f}" if "accuracy" in result else
-                "scored" if "scores" in result else f"FAILED: {result['error']}")
-        log(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] arch {index:2d} {setting:>10s} seed {seed}: {what} "
-            f"({result.get('seconds', 0):.0f} s); {finished}/{finished + len(pending)}")
+        record(job, result, len(pending))
     return lost
 
 
@@ -371,19 +428,26 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
     by its first seed's accuracy, as a search sees it (one seed per candidate); a setting repeated over seeds
     gets a second row, ``NAME xK``, scored by the mean over its seeds. With the reference trained from more
     than one seed, a row ``reference seed 2`` scores its second seed against its first: the ceiling of any
-    rung's agreement with a reference of one seed, and the reference's own seed sd."""
+    rung's agreement with a reference of one seed, and the reference's own seed sd.
+
+    A score of -inf (NASWOT's, for a network that maps two images to one code) ranks last, as ``nas.stats``
+    orders it; only NaN (undefined) leaves an architecture out, and ``undefined`` counts those. Seed sds
+    are pooled over the architectures (``nas.stats.pooled_sd``), as the search's noise rule pools them."""
+    from .stats import pooled_sd
+
     reference, rungs, cost, reference_seeds = _scores_by_rung(setup, archs, results)
-    rows = []
+    rows, firsts = [], {}
     for name, per_arch in rungs.items():
-        common = sorted(i for i in per_arch if i in reference and all(np.isfinite(per_arch[i])))
+        scored = [i for i in per_arch if i in reference]
+        common = sorted(i for i in scored if not np.isnan(per_arch[i]).any())
         kind = "size" if name in ("flops", "params") else "proxy" if name in setup.settings else "zero-cost"
         job_cost = cost[ZERO_COST] if kind == "zero-cost" else cost.get(name, [])
         seconds = float(np.mean(job_cost)) if job_cost and kind != "size" else 0.0
-        row = _row(name, kind, {i: per_arch[i][0] for i in common}, reference, resamples, seconds)
+        firsts[name] = {i: per_arch[i][0] for i in common}
+        row = {**_row(name, kind, firsts[name], reference, resamples, seconds), "undefined": len(scored) - len(common)}
         repeats = min((len(per_arch[i]) for i in common), default=0)
         if repeats > 1:
-            sds = [float(np.std(per_arch[i][:repeats], ddof=1)) for i in common]
-            row["seed_sd"], row["seeds"] = float(np.mean(sds)), repeats
+            row["seed_sd"], row["seeds"] = pooled_sd(per_arch[i][:repeats] for i in common)[0], repeats
             row["tau_per_seed"] = [_row(name, kind, {i: per_arch[i][k] for i in common}, reference, 0,
                                         seconds)["tau"] for k in range(repeats)]
             mean = _row(f"{name} x{repeats}", "proxy-mean", {i: float(np.mean(per_arch[i][:repeats]))
@@ -397,7 +461,7 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
         row = _row("reference seed 2", "reference", {i: reference_seeds[i][1] for i in repeated}, reference,
                    resamples, float(np.mean(cost[REFERENCE])) if cost[REFERENCE] else 0.0)
         k = min(len(reference_seeds[i]) for i in repeated)
-        row["seed_sd"] = float(np.mean([np.std(reference_seeds[i][:k], ddof=1) for i in repeated]))
+        row["seed_sd"] = pooled_sd(reference_seeds[i][:k] for i in repeated)[0]
         row["seeds"] = k
         rows.append(row)
     ref_cost = cost[REFERENCE]
@@ -405,7 +469,7 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
             "confirmed_picks": _confirmed_picks(setup, rungs, reference, rows),
             "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
             "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
-            "rows": rows, "targets": _targets(rows, setup)}
+            "rows": rows, "targets": _targets(rows, setup, firsts, reference, resamples)}
 
 
 def _confirmed_picks(setup: Setup, rungs: dict[str, dict[int, list[float]]], reference: dict[int, float],
@@ -415,7 +479,7 @@ def _confirmed_picks(setup: Setup, rungs: dict[str, dict[int, list[float]]], ref
     Re-ranked scores within the first setting's seed sd of the pick's are its ties."""
     first = next(iter(setup.settings))
     noise = next((r["seed_sd"] for r in rows if r["rung"] == first), None)
-    done = {i: v[0] for i, v in rungs[first].items() if i in reference and np.isfinite(v[0])}
+    done = {i: v[0] for i, v in rungs[first].items() if i in reference and not np.isnan(v[0])}
     top = sorted(done, key=lambda i: -done[i])[:k]
     if len(top) < k or not reference:
         return []
@@ -455,20 +519,25 @@ def _row(name: str, kind: str, scores: dict[int, float], reference: dict[int, fl
     return row
 
 
-def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
-    """The issue's three targets for the first setting (the one a search would use)."""
+def _targets(rows: list[dict[str, Any]], setup: Setup, firsts: dict[str, dict[int, float]],
+             reference: dict[int, float], resamples: int) -> dict[str, Any]:
+    """The issue's targets for the first setting (the one a search would use). Its tau-b stands above FLOPs'
+    and params' when the paired bootstrap interval of the difference (``_margin``) lies above 0."""
     by = {r["rung"]: r for r in rows}
     main = by.get(next(iter(setup.settings)))
     if not main or main["n"] < 3:
         return {}
     noise = next((r["seed_sd"] for r in rows if r["seed_sd"] is not None and r["kind"] == "proxy"), None)
-    size_taus = [by[k]["tau"] for k in ("flops", "params") if k in by]
+    margins = {size: _margin(firsts[main["rung"]], firsts[size], reference, resamples) for size in ("flops", "params")}
     pick = main.get("pick", {})
     return {
         "setting": main["rung"],
+        "n": main["n"],
         "tau_at_least_0.6": main["tau"] >= 0.6,
-        "tau_interval_above_flops_and_params": (None if main["tau_90"] is None else  # no resampling
-                                                bool(size_taus) and main["tau_90"][0] > max(size_taus)),
+        "tau_minus_flops": margins["flops"],
+        "tau_minus_params": margins["params"],
+        "tau_interval_above_flops_and_params": (None if not resamples else  # no resampling
+                                                all(m["interval"][0] > 0 for m in margins.values())),
         "top3_holds_2": main["top3"] is not None and main["top3"] >= 2,
         "pick_within_one_seed_sd": (None if noise is None or not pick
                                     else pick["best_reference"] - pick["reference"] <= noise),
@@ -476,11 +545,26 @@ def _targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
     }
 
 
+def _margin(scores: dict[int, float], size: dict[int, float], reference: dict[int, float],
+            resamples: int) -> dict[str, Any]:
+    """tau-b(scores) - tau-b(size) against the reference over the architectures of ``scores``, and its paired
+    bootstrap 90 % interval (both taus on the same resamples; None without resampling). Comparing the
+    proxy's lower bound with the size's point value would ignore the size's own noise."""
+    from .stats import bootstrap_difference, kendall_tau_b
+
+    common = sorted(scores)
+    x, z, y = ([d[i] for i in common] for d in (scores, size, reference))
+    return {"difference": kendall_tau_b(x, y) - kendall_tau_b(z, y),
+            "interval": list(bootstrap_difference(kendall_tau_b, x, z, y, resamples=resamples)) if resamples else None}
+
+
 def _fmt_interval(iv) -> str:
     return "[  n/a ]" if iv is None or any(map(math.isnan, iv)) else f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
 
 
 def print_report(report: dict[str, Any], out=print) -> None:
+    """The report as text: the setup, one row per rung (n: the architectures it was scored on), the ceiling,
+    the confirmation replay, the targets, and the failed jobs with how to retry them."""
     setup = report["setup"]
     out(f"\ncalibration: {report['reference_done']}/{report['archs']} architectures with a reference; "
         f"space {Path(setup['space']).name}, budget {format_flops(setup['budget'])}FLOPs, {setup['dataset']}")
@@ -489,19 +573,12 @@ def print_report(report: dict[str, Any], out=print) -> None:
         lo, hi = report["reference_accuracy"]
         out(f"reference: max_train {ref['max_train'] or 'all'}, {ref['epochs']} epochs, accuracy {lo:.3f} to "
             f"{hi:.3f}, {report['reference_seconds_per_candidate']:.0f} s per candidate")
-    out(f"{'rung':>14s} {'n':>3s} {'tau-b':>6s} {'90% interval':>16s} {'rho':>6s} {'90% interval':>16s} "
-        f"{'top-3':>5s} {'top-5':>5s} {'seed sd':>8s} {'s/cand':>7s}")
-    for r in report["rows"]:
-        sd = f"{r['seed_sd']:.4f}" if r["seed_sd"] is not None else "-"
-        t3 = f"{r['top3']}/3" if r["top3"] is not None else "-"
-        t5 = f"{r['top5']}/5" if r["top5"] is not None else "-"
-        out(f"{r['rung']:>14s} {r['n']:3d} {r['tau']:+6.2f} {_fmt_interval(r['tau_90']):>16s} {r['rho']:+6.2f} "
-            f"{_fmt_interval(r['rho_90']):>16s} {t3:>5s} {t5:>5s} {sd:>8s} {r['seconds_per_candidate']:7.1f}")
+    _print_rows(report["rows"], out)
     ceiling = next((r for r in report["rows"] if r["kind"] == "reference"), None)
     if ceiling:
         out(f"the reference from its second seed agrees with its first to tau-b {ceiling['tau']:+.2f} "
-            f"{_fmt_interval(ceiling['tau_90'])}, seed sd {ceiling['seed_sd']:.4f}: the ceiling for every rung "
-            f"above; accuracy differences within that sd are noise")
+            f"{_fmt_interval(ceiling['tau_90'])} (n {ceiling['n']}), seed sd {ceiling['seed_sd']:.4f}: the ceiling "
+            f"for every rung above; accuracy differences within that sd are noise")
     first = next(iter(setup["settings"]))
     for c in report.get("confirmed_picks", []):
         tie = (f"; within the '{first}' seed sd of arch {', '.join(map(str, c['ties']))}, so a tie" if c["ties"]
@@ -511,13 +588,42 @@ def print_report(report: dict[str, Any], out=print) -> None:
             f"{report['reference_done']} (best {c['best_reference']:.3f}){tie}")
     for r in report["rows"]:
         if r.get("tau_per_seed"):
-            out(f"tau-b of '{r['rung']}' seed by seed: {', '.join(f'{t:+.2f}' for t in r['tau_per_seed'])}")
-    t = report["targets"]
-    if t:
-        out(f"targets for '{t['setting']}': tau >= 0.6: {_yes(t['tau_at_least_0.6'])}; tau's interval above "
-            f"FLOPs' and params' tau: {_yes(t['tau_interval_above_flops_and_params'])}; top-3 holds 2 of the "
-            f"reference's top 3: {_yes(t['top3_holds_2'])}; pick within one seed sd of the best: "
-            f"{_yes(t['pick_within_one_seed_sd'])}")
+            out(f"tau-b of '{r['rung']}' seed by seed (n {r['n']}): "
+                f"{', '.join(f'{t:+.2f}' for t in r['tau_per_seed'])}")
+    _print_targets(report["targets"], out)
+    if report.get("jobs_failed"):
+        out(failed_line(report["jobs_failed"]))
+
+
+def failed_line(count: int) -> str:
+    """How a calibration says that jobs failed and how to run them again."""
+    return f"{count} job(s) failed (see results.jsonl); run again with --retry-failed to retry them"
+
+
+def _print_rows(rows: list[dict[str, Any]], out) -> None:
+    out(f"{'rung':>14s} {'n':>3s} {'tau-b':>6s} {'90% interval':>16s} {'rho':>6s} {'90% interval':>16s} "
+        f"{'top-3':>5s} {'top-5':>5s} {'seed sd':>8s} {'s/cand':>7s}")
+    for r in rows:
+        sd = f"{r['seed_sd']:.4f}" if r["seed_sd"] is not None else "-"
+        t3 = f"{r['top3']}/3" if r["top3"] is not None else "-"
+        t5 = f"{r['top5']}/5" if r["top5"] is not None else "-"
+        out(f"{r['rung']:>14s} {r['n']:3d} {r['tau']:+6.2f} {_fmt_interval(r['tau_90']):>16s} {r['rho']:+6.2f} "
+            f"{_fmt_interval(r['rho_90']):>16s} {t3:>5s} {t5:>5s} {sd:>8s} {r['seconds_per_candidate']:7.1f}")
+    for r in rows:
+        if r.get("undefined"):
+            out(f"{r['rung']}: n {r['n']} of {r['n'] + r['undefined']}: {r['undefined']} architecture(s) scored NaN "
+                f"(undefined) and are left out; -inf ranks last")
+
+
+def _print_targets(t: dict[str, Any], out) -> None:
+    if not t:
+        return
+    margin = {k: f"{t[f'tau_minus_{k}']['difference']:+.2f} {_fmt_interval(t[f'tau_minus_{k}']['interval'])}"
+              for k in ("flops", "params")}
+    out(f"targets for '{t['setting']}' (n {t['n']}): tau >= 0.6: {_yes(t['tau_at_least_0.6'])}; tau-b above "
+        f"FLOPs' by {margin['flops']} and params' by {margin['params']} (paired bootstrap, 90 %), both intervals "
+        f"above 0: {_yes(t['tau_interval_above_flops_and_params'])}; top-3 holds 2 of the reference's top 3: "
+        f"{_yes(t['top3_holds_2'])}; pick within one seed sd of the best: {_yes(t['pick_within_one_seed_sd'])}")
 
 
 def _yes(value) -> str:
@@ -579,6 +685,8 @@ def _parser() -> _cli.Parser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the trainings (default: 0)")
     p.add_argument("--address", default=None, help="join a Ray cluster (default: start Ray on this machine)")
     p.add_argument("--cpus-per-job", type=int, default=1, help="CPUs (threads) per training (default: 1)")
+    p.add_argument("--retry-failed", action="store_true", help="run the jobs recorded as failed again (a failure "
+                   "is otherwise recorded once and kept: it would most likely fail again)")
     plugins.add_import_flag(p)
     return p
 
@@ -596,9 +704,9 @@ def _setup_from_args(args) -> Setup:
                          f"reference's own noise)")
     if args.cpus_per_job < 1:
         raise OpmixError(f"--cpus-per-job {args.cpus_per_job} must be at least 1")
+    settings, reference = load_settings(args.settings)  # before the space, which takes seconds to check
     path = resolve_space_path(args.space)
     load_space(path)
-    settings, reference = load_settings(args.settings)
     return Setup(space=args.space, space_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                  budget=parse_budget(args.budget), archs=args.archs, seeds=args.seeds, seed=args.seed,
                  dataset=args.dataset, data_dir=args.data_dir,
@@ -628,12 +736,13 @@ def _main(argv: list[str] | None) -> int:
     print(f"calibrating on {setup.dataset} ({data.source}: {train_images} train / {len(data.val_x)} val images); "
           f"the reference sees {ratio:.1f}x the training images x epochs of the costliest setting", flush=True)
     report = calibrate(setup, out, address=args.address, cpus_per_job=args.cpus_per_job,
-                       log=lambda m: print(m, flush=True), data=data, imports=tuple(args.imports))
+                       log=lambda m: print(m, flush=True), data=data, imports=tuple(args.imports),
+                       retry_failed=args.retry_failed)
     print_report(report)
     print(f"wrote {out.path / 'report.json'} and {out.path / 'calibration.png'}")
-    if report["jobs_left"]:
-        print(f"{report['jobs_left']} job(s) did not finish (failed, or lost with a Ray worker); the report covers "
-              f"what did. Run the same command again to continue.")
+    if report["jobs_left"]:  # failed jobs are recorded: only jobs without any record make it incomplete
+        print(f"{report['jobs_left']} job(s) did not finish (lost with a Ray worker, or interrupted); the report "
+              f"covers what did. Run the same command again to continue.")
         return 1
     return 0
 

@@ -84,7 +84,7 @@ def test_every_job_is_recorded_and_the_report_agrees_with_the_results(calibrated
     assert "default x2" not in rows and len(rows["short"]["tau_per_seed"]) == SEEDS
     short_sd = [np.std([r["accuracy"] for r in results if r["setting"] == "short" and r["arch"] == i], ddof=1)
                 for i in ref]
-    assert rows["short"]["seed_sd"] == pytest.approx(np.mean(short_sd))
+    assert rows["short"]["seed_sd"] == pytest.approx(np.sqrt(np.mean(np.square(short_sd))))  # pooled
     archs = lines(out / "archs.jsonl")
     assert rows["flops"]["tau"] == pytest.approx(
         kendall_tau_b([a["flops"] for a in archs], [ref[a["index"]] for a in archs]), nan_ok=True)
@@ -212,7 +212,7 @@ def test_a_second_reference_seed_measures_the_ceiling():
     assert rows["p"]["tau"] == 1  # the run's own seed is the reference, whatever the order of the lines
     ceiling = rows["reference seed 2"]
     assert ceiling["kind"] == "reference" and ceiling["tau"] == pytest.approx(13 / 15) and ceiling["n"] == 6
-    assert ceiling["seed_sd"] == pytest.approx(2 / 6 * np.std([0.85, 0.9], ddof=1))
+    assert ceiling["seed_sd"] == pytest.approx(np.sqrt(2 / 6) * np.std([0.85, 0.9], ddof=1))  # pooled over 6
     assert report["targets"]["seed_sd"] is None  # the reference's noise is not the proxy's
     lines = []
     print_report(report, out=lines.append)

@@ -4,6 +4,7 @@ Every expected number is computed here from the formula it checks."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -200,3 +201,142 @@ def test_paired_image_noise_from_per_image_results():
     binomial = math.sqrt((0.8005 * 0.1995 + 0.7845 * 0.2155) / 1000)
     assert not fallback.paired and fallback.image_se == pytest.approx(binomial)
     assert gap <= fallback.total and entry(old, 1)["within_noise"] is True
+
+
+# ------------------------------------------------------------------------------------------- nas.calibrate
+def _setup(seeds: int = 1, reference_seeds: int = 1):
+    from nas.calibrate import Setup
+
+    knobs = {"max_train": 8, "epochs": 1, "width_mult": 0.25, "image_size": None, "batch_size": 8, "lr": 0.003,
+             "grace_period": 2, "scale_windows": True}
+    return Setup(space="hybrid", space_sha256="x", budget=1, archs=6, seeds=seeds, seed=0, dataset="d",
+                 data_dir=None, settings={"p": knobs}, reference=knobs, reference_seeds=reference_seeds)
+
+
+ARCHS = [{"index": i, "arch": {"i": i}, "flops": 100 + 7 * i - 3 * i * i, "params": 10 + i} for i in range(6)]
+REF = [0.50, 0.60, 0.70, 0.80, 0.85, 0.90]
+
+
+def test_minus_infinity_ranks_last_and_only_nan_is_left_out():
+    """NASWOT gives -inf to arch 0 (two images with one code) and a NaN to arch 3; before, both were dropped
+    and the row said n 4. Now -inf ranks last (n 5) and the line under the table says what was left out."""
+    from nas.calibrate import REFERENCE, ZERO_COST, analyze, print_report
+
+    naswot = [-math.inf, 1.0, 2.0, math.nan, 0.5, 3.0]
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(REF)]
+    results += [{"arch": i, "setting": ZERO_COST, "seed": 0, "scores": {"naswot": v}} for i, v in enumerate(naswot)]
+    report = analyze(_setup(), ARCHS, results, resamples=0)
+    row = next(r for r in report["rows"] if r["rung"] == "naswot")
+    kept = [i for i in range(6) if not math.isnan(naswot[i])]
+    assert row["n"] == 5 and row["undefined"] == 1
+    assert row["tau"] == pytest.approx(kendall_tau_b([naswot[i] for i in kept], [REF[i] for i in kept]))
+    lines = []
+    print_report(report, out=lines.append)
+    assert any(line.startswith("naswot: n 5 of 6: 1 architecture(s) scored NaN") for line in lines), lines
+
+
+def test_seed_sd_is_pooled_over_architectures():
+    """Seed sds of 0.02, 0.02 and 0 (x4): their mean is 0.0067, their root mean square 0.0115."""
+    from nas.calibrate import REFERENCE, analyze
+
+    spread = [0.02, 0.02, 0, 0, 0, 0]
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(REF)]
+    results += [{"arch": i, "setting": "p", "seed": s, "accuracy": a - 0.3 + (spread[i] * math.sqrt(2) if s else 0)}
+                for i, a in enumerate(REF) for s in (0, 1)]
+    rows = {r["rung"]: r for r in analyze(_setup(seeds=2), ARCHS, results, resamples=0)["rows"]}
+    assert rows["p"]["seed_sd"] == pytest.approx(math.sqrt(np.mean(np.square(spread))))
+    assert rows["p x2"]["seed_sd"] == rows["p"]["seed_sd"]
+
+
+def test_the_target_bootstraps_the_paired_difference_of_the_taus():
+    """The setting's tau-b against FLOPs' and params' on the same resamples, not its lower bound against
+    their point values."""
+    from nas.calibrate import REFERENCE, analyze, print_report
+
+    proxy = [0.20, 0.10, 0.30, 0.50, 0.40, 0.60]
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(REF)]
+    results += [{"arch": i, "setting": "p", "seed": 0, "accuracy": a} for i, a in enumerate(proxy)]
+    report = analyze(_setup(), ARCHS, results, resamples=300)
+    t = report["targets"]
+    for size in ("flops", "params"):
+        z = [a[size] for a in ARCHS]
+        margin = t[f"tau_minus_{size}"]
+        assert margin["difference"] == pytest.approx(kendall_tau_b(proxy, REF) - kendall_tau_b(z, REF))
+        assert margin["interval"] == pytest.approx(list(bootstrap_difference(kendall_tau_b, proxy, z, REF,
+                                                                              resamples=300)))
+    assert t["tau_interval_above_flops_and_params"] is all(
+        t[f"tau_minus_{k}"]["interval"][0] > 0 for k in ("flops", "params"))
+    lines = []
+    print_report(report, out=lines.append)
+    d = t["tau_minus_flops"]
+    assert any(f"FLOPs' by {d['difference']:+.2f} [{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}]" in line
+               for line in lines), lines
+
+
+def test_a_missing_settings_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from nas import _cli
+    from nas.calibrate import PROG, _main
+
+    with pytest.raises(SystemExit) as stop:
+        _cli.run(PROG, _main, ["--out", str(tmp_path / "o"), "--budget", "1G", "--archs", "3",
+                               "--settings", str(tmp_path / "missing.yaml")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "missing.yaml: cannot be read" in err and "--settings" in err and "Traceback" not in err
+
+
+def test_a_failed_job_is_recorded_once_and_retried_only_on_purpose(tmp_path, monkeypatch, capsys):
+    """Arch 1's proxy training fails every time. Continuing runs nothing and exits 0, saying how to retry;
+    --retry-failed runs it again (here it has been fixed) and the failure line goes. Jobs run in this
+    process (``in_process``): Ray is not what is tested."""
+    import functools
+    import types
+
+    import nas.calibrate as cal
+    import nas.data
+    from nas import _cli
+
+    from search_helpers import write_space
+
+    (tmp_path / "s.yaml").write_text("settings: {p: {max_train: 8, epochs: 1}}\nreference: {epochs: 2}\n")
+    calls, broken = [], [True]
+
+    def job(arch, setting, knobs, seed, data, threads, imports=()):
+        calls.append((arch["i"], setting, seed))
+        if setting == cal.ZERO_COST:
+            return {"scores": {"naswot": float(arch["i"])}, "seconds": 0.0}
+        if setting == "p" and arch["i"] == 1 and broken[0]:
+            raise FloatingPointError("the training loss became nan by epoch 1, step 3")
+        return {"accuracy": REF[arch["i"]], "accuracies": [REF[arch["i"]]], "seconds": 0.0}
+
+    monkeypatch.setattr(cal, "_run_job", job)
+    monkeypatch.setattr(cal, "sample_archs", lambda *a, **k: ARCHS[:4])
+    monkeypatch.setattr(cal, "calibrate", functools.partial(cal.calibrate, in_process=True))
+    monkeypatch.setattr(cal, "analyze", functools.partial(cal.analyze, resamples=0))  # no intervals: seconds
+    monkeypatch.setattr(nas.data, "load_dataset", lambda *a, **k: types.SimpleNamespace(
+        train_x=[0] * 16, val_x=[0] * 8, source="a stand-in", image_size=28))
+    argv = ["--out", str(tmp_path / "o"), "--budget", "1G", "--archs", "4", "--seeds", "1",
+            "--settings", str(tmp_path / "s.yaml"), "--space", str(write_space(tmp_path))]  # a space quick to load
+    hint = "1 job(s) failed (see results.jsonl); run again with --retry-failed to retry them"
+
+    def run(*extra):
+        calls.clear()
+        with pytest.raises(SystemExit) as stop:
+            _cli.run(cal.PROG, cal._main, argv + list(extra))
+        return stop.value.code, capsys.readouterr().out
+
+    code, out = run()
+    assert code == 0 and len(calls) == 4 * 3 and hint in out, out
+    errors = lambda: [r for r in cal.CalibrationDir(tmp_path / "o").read_results() if "error" in r]
+    assert [(r["arch"], r["setting"]) for r in errors()] == [(1, "p")]
+    assert errors()[0]["error"] == "FloatingPointError: the training loss became nan by epoch 1, step 3"
+    code, out = run()  # continue: the failure stays recorded once, nothing runs again
+    assert code == 0 and calls == [] and "12 jobs done, 0 to run" in out and hint in out
+    assert len(errors()) == 1
+    broken[0] = False
+    code, out = run("--retry-failed")
+    assert code == 0 and calls == [(1, "p", 0)] and hint not in out
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["jobs_failed"] == 0 and report["jobs_left"] == 0
+    assert next(r for r in report["rows"] if r["rung"] == "p")["n"] == 4
+
