@@ -7,8 +7,9 @@ trains them through the same trial function as the proxies (``nas.proxy.train_ar
 ``confirm_settings``, as a second Ray Tune experiment (``ray/session-K-confirm``: a grid over the fixed list,
 no searcher, no scheduler, so no early stopping). Each job that finishes all its epochs is appended to
 ``trials.jsonl`` as it ends, ``status: confirmed``, with ``confirms`` (the proxy record's ``trial_id``),
-``seed`` and ``fidelity``. A job cut off (time budget, interruption) is not recorded, and ``--resume`` runs
-exactly the (candidate, seed) pairs without a record; one that raises is recorded ``failed`` and tried
+``seed``, ``fidelity`` and the last epoch's per-image results (``correct``, ``val_images``). A job cut off
+(time budget, interruption) is not recorded, and ``--resume`` runs exactly the (candidate, seed) pairs
+without a record; one that raises is recorded ``failed`` and tried
 again on resume. ``nas.pareto.analyze`` turns the records into the pick.
 """
 
@@ -124,7 +125,8 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
                                   timings={"train_s": round(float(last.get("train_seconds", 0.0)), 3),
                                            "wall_s": round(time.time() - self.started.get(trial.trial_id,
                                                                                           time.time()), 3)},
-                                  confirms=job["confirms"], seed=job["seed"], fidelity=fidelity)
+                                  confirms=job["confirms"], seed=job["seed"], fidelity=fidelity,
+                                  **{k: last[k] for k in ("correct", "val_images") if k in last})
             run.append_trial(record)
             if status == "confirmed":
                 self.recorded += 1

@@ -21,24 +21,29 @@ def trainable(config: dict[str, Any], data=None, proxy: ProxySettings = ProxySet
     confirmation's), reporting accuracy after each epoch. Its result depends on (architecture, seed, settings)
     and the trial's thread count only. An exception (it would happen again: a build error, a NaN loss, out of
     memory) ends the trial with a last result that carries its ``error`` instead of failing the Ray trial, so
-    Ray retries only trials whose worker was lost. ``imports``: the run's plug-in operator modules."""
+    Ray retries only trials whose worker was lost. ``imports``: the run's plug-in operator modules. The last
+    epoch's result also carries which validation images the network got right (``correct``, packed by
+    ``nas.stats.pack_bits``, and ``val_images``): ``nas.pareto`` compares confirmed candidates by them."""
     import ray
     from ray import tune
 
     from .plugins import import_modules
     from .proxy import train_arch
+    from .stats import pack_bits
 
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
     node = ray.get_runtime_context().get_node_id()
     t0 = time.perf_counter()
 
-    def report(epoch: int, accuracy: float, loss: float) -> None:
+    def report(epoch: int, accuracy: float, loss: float, correct) -> None:
+        last = {"correct": pack_bits(correct.numpy()), "val_images": len(correct)} if epoch == proxy.epochs else {}
         tune.report({"accuracy": accuracy, "loss": loss, "epoch": epoch, "node": node,
-                     "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9})
+                     "train_seconds": time.perf_counter() - t0, "gflops": config["flops"] / 1e9, **last})
 
     try:
         import_modules(imports)
-        train_arch(Arch.from_dict(config["arch"]), data, proxy, seed=seed, threads=threads, report=report)
+        train_arch(Arch.from_dict(config["arch"]), data, proxy, seed=seed, threads=threads, report=report,
+                   per_image=True)
     except Exception as exc:  # noqa: BLE001 -- every failure of the training itself is the trial's result
         tune.report({"error": error_line(exc), "node": node, "train_seconds": time.perf_counter() - t0,
                      "epoch": 0, "accuracy": 0.0})

@@ -169,10 +169,10 @@ def build_proxy(arch: Arch, data, settings: ProxySettings, seed: int):
 
 def train_arch(arch: Arch, data, settings: ProxySettings = ProxySettings(), *, seed: int = 0,
                threads: int | None = None, device: str = "auto", max_val: int | None = MAX_VAL,
-               report: Callable[[int, float, float], None] | None = None):
+               report: Callable[..., None] | None = None, per_image: bool = False):
     """Train the proxy of ``arch`` on ``data`` under ``settings`` from ``seed``; returns ``nas.train``'s
     ``TrainResult``. ``data`` must already be at ``settings.image_size`` (``resize_data``) when it is set:
-    resizing once per dataset, not per trial."""
+    resizing once per dataset, not per trial. ``report`` and ``per_image``: as ``nas.train.train_proxy``'s."""
     from .train import TrainConfig, train_proxy
 
     if settings.image_size is not None and settings.image_size != data.image_size:
@@ -183,4 +183,4 @@ def train_arch(arch: Arch, data, settings: ProxySettings = ProxySettings(), *, s
     model = build_proxy(arch, data, settings, seed)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                          max_train=settings.max_train, max_val=max_val, seed=seed, threads=threads, device=device)
-    return train_proxy(model, data, config, report)
+    return train_proxy(model, data, config, report, per_image=per_image)

@@ -11,6 +11,10 @@ Choices, made for ranking fidelity at low cost (a proxy only has to order candid
 - all cores a trial is given (``threads``); on CUDA, bfloat16 autocast, channels-last memory, the images kept on
   the GPU, and the loss read back every ``SYNC_EVERY`` steps rather than every step (each read waits for the GPU).
 A loss that turns NaN or infinite raises ``FloatingPointError``: the trial fails, the search goes on.
+
+Each evaluation also keeps which validation images the network got right (``TrainResult.correct``, the last
+epoch's): two networks scored on the same images are compared by where they disagree (``nas.stats``), which
+measures the noise of their difference more finely than two accuracies can.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TrainConfig", "TrainResult", "train_proxy", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "train_proxy", "evaluate", "correct_per_image"]
 
 SYNC_EVERY = 32  # on CUDA, steps between reads of the loss (the NaN check); on CPU every step is read
 
@@ -50,6 +54,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
     images_per_second: float = 0.0
+    correct: torch.Tensor | None = None  # the last epoch's per-image correctness on the validation images (bool)
 
 
 def _device(name: str) -> torch.device:
@@ -86,28 +91,37 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512,
-             device: torch.device | None = None) -> float:
-    """Top-1 accuracy of ``model`` on uint8 images ``x`` with labels ``y``."""
+def correct_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """Whether ``model``'s top-1 class is right, per uint8 image of ``x`` with labels ``y`` (a bool tensor)."""
     device = device or next(model.parameters()).device
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     model.eval()
-    correct = 0
+    hits = []
     for i in range(0, len(x), batch_size):
         xb = _normalize(x[i:i + batch_size].to(device), mean_t, std_t)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(xb)
-        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
-    return correct / max(1, len(x))
+        hits.append(logits.argmax(1).cpu() == y[i:i + batch_size])
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 512,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images ``x`` with labels ``y``."""
+    return correct_per_image(model, x, y, mean, std, batch_size, device).sum().item() / max(1, len(x))
 
 
 def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
-                report: Callable[[int, float, float], None] | None = None) -> TrainResult:
+                report: Callable[..., None] | None = None, *, per_image: bool = False) -> TrainResult:
     """Train ``model`` on ``data`` (a ``nas.data.ImageData``) for ``config.epochs`` epochs.
 
     After each epoch ``report(epoch, val_accuracy, mean_train_loss)`` is called (epochs count from 1); a
-    scheduler may stop the trial there. Returns the per-epoch accuracies and losses and the throughput.
+    scheduler may stop the trial there. With ``per_image``, ``report`` also gets ``correct=``: the epoch's
+    per-image correctness on the validation images (a bool tensor), for a caller that records it before a
+    stop can cut the trial off. Returns the per-epoch accuracies and losses, the throughput, and the last
+    epoch's per-image correctness.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -161,8 +175,10 @@ def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
         result.train_seconds += time.perf_counter() - t0
         result.losses.append(loss_sum.item() / steps_per_epoch)
         vx, vy = data.val_x[:config.max_val], data.val_y[:config.max_val]
-        result.accuracies.append(evaluate(model, vx, vy, data.mean, data.std, device=device))
+        result.correct = correct_per_image(model, vx, vy, data.mean, data.std, device=device)
+        result.accuracies.append(result.correct.sum().item() / max(1, len(vx)))
         if report is not None:
-            report(epoch, result.accuracies[-1], result.losses[-1])
+            extra = {"correct": result.correct} if per_image else {}
+            report(epoch, result.accuracies[-1], result.losses[-1], **extra)
     result.images_per_second = len(x) * config.epochs / max(result.train_seconds, 1e-9)
     return result

@@ -340,3 +340,65 @@ def test_a_failed_job_is_recorded_once_and_retried_only_on_purpose(tmp_path, mon
     assert report["jobs_failed"] == 0 and report["jobs_left"] == 0
     assert next(r for r in report["rows"] if r["rung"] == "p")["n"] == 4
 
+
+# ------------------------------------------------------------------ per-image results: trainer to record
+def test_the_trainer_reports_which_images_it_got_right():
+    """The per-image results are those of the validation images in order: the model's own predictions agree,
+    their mean is the epoch's accuracy, and ``report`` gets them only when asked (``per_image``)."""
+    import torch
+
+    from nas.train import TrainConfig, train_proxy
+    from train_helpers import small_cnn, square_task
+
+    data = square_task(n_train=96, n_val=37)  # 37 images: not a whole number of bytes when packed
+    torch.manual_seed(0)
+    model = small_cnn()
+    reports, plain = [], []
+    cfg = TrainConfig(epochs=2, batch_size=32, max_val=None, device="cpu")
+    result = train_proxy(model, data, cfg, report=lambda e, acc, loss, correct: reports.append((acc, correct)),
+                         per_image=True)
+    for acc, correct in reports:
+        assert correct.dtype == torch.bool and len(correct) == 37 and correct.sum().item() / 37 == acc
+    with torch.no_grad():
+        model.eval()
+        x = (data.val_x.float() / 255 - data.mean[0]) / data.std[0]
+        assert torch.equal(result.correct, model(x).argmax(1) == data.val_y)
+    assert torch.equal(reports[-1][1], result.correct)
+    assert unpack_bits(pack_bits(result.correct.numpy()), 37).tolist() == result.correct.tolist()
+    torch.manual_seed(0)
+    train_proxy(small_cnn(), data, cfg, report=lambda e, acc, loss: plain.append(acc))  # three arguments still
+    assert plain == [acc for acc, _ in reports]
+
+
+def test_a_confirmation_record_keeps_the_last_epochs_per_image_results(tmp_path):
+    """The recorder writes the trial function's last result's ``correct`` and ``val_images`` into the record,
+    and the pick reads them back as paired noise."""
+    import types
+
+    from nas._confirm import _recorder
+    from nas.proxy import ProxySettings
+    from nas.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    bits = {(c, s): rng.random(40) < 0.7 + 0.1 * c for c in (0, 1) for s in (0, 1)}
+    recorder = _recorder(run, ProxySettings(epochs=2), FIDELITY, log=lambda m: None)
+    for (c, s), right in bits.items():
+        job = {"confirms": c, "seed": s, "reference": None, "arch": ARCH, "flops": 10**9, "params": 10**6}
+        trial = types.SimpleNamespace(trial_id=f"t{c}{s}", config={"job": job}, last_result=None)
+        recorder.on_trial_start(0, [], trial)
+        recorder.on_trial_result(0, [], trial, {"epoch": 1, "accuracy": 0.5})
+        trial.last_result = {"epoch": 2, "accuracy": float(right.mean()), "correct": pack_bits(right),
+                             "val_images": 40}
+        recorder.on_trial_complete(0, [], trial)
+    records = run.read_trials()
+    assert [(r["confirms"], r["seed"], r["status"], r["val_images"]) for r in records] == [
+        (c, s, "confirmed", 40) for c, s in bits]
+    assert all(unpack_bits(r["correct"], 40).tolist() == bits[r["confirms"], r["seed"]].tolist() for r in records)
+    a = analyze([proxy(0), proxy(1)] + records, 4e9)
+    other = a["confirmed"][1]
+    d = np.mean([bits[a["pick"]["trial_id"], s] for s in (0, 1)], axis=0) - np.mean(
+        [bits[other["trial_id"], s] for s in (0, 1)], axis=0)
+    assert other["noise"].paired and other["noise"].image_se == pytest.approx(
+        math.sqrt((np.mean(d ** 2) - np.mean(d) ** 2) / 40))
