@@ -192,6 +192,35 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
 
 
+class NormActMixer(nn.Module):
+    """A bottleneck's spatial mixer that ends in BN then ReLU, as the 3x3 conv it replaces does (BoT, HaloNet,
+    SASA, ACmix, attention-augmented conv): ``add_norm_act`` builds the tail, ``finish`` applies it. At deploy
+    ``reparameterize`` hands the BN to the mixer's ``fold_bn``, which folds it into the mixer's own layers, and
+    drops it; the ReLU stays."""
+
+    def add_norm_act(self, dim: int) -> None:
+        """The tail on the mixer's ``dim`` output channels; called last in ``__init__``, so that the state_dict
+        lists the BN after the mixer's own layers."""
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.ReLU()
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            out = self.bn(out)
+        return self.act(out)
+
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        """Make the mixer's layers compute what the BN applied to their output computed."""
+        raise NotImplementedError(f"{type(self).__name__} must say how its BN folds (fold_bn)")
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.bn is None:
+            return
+        self.fold_bn(self.bn)
+        self.bn = None
+
+
 def pool_ceil(stride: int) -> nn.Module:
     """2x2 average pooling whose output is ceil(H / 2) at any size (a partial last window averages what it
     covers); identity at stride 1."""

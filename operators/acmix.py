@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosBias, local_attention, window_attention, window_sizes
-from ._layers import check_heads, default_heads, fuse_bn, init_weights
+from ._layers import NormActMixer, check_heads, default_heads, fuse_bn, init_weights
 from ._registry import register_op
 from .resnet import Bottleneck
 from .swin import SwinBlock
@@ -73,7 +73,7 @@ def _rate() -> nn.Parameter:
     return nn.Parameter(torch.tensor(0.5))
 
 
-class ACmixLocal(nn.Module):
+class ACmixLocal(NormActMixer):
     """The bottleneck mixer: ACmix with local attention, then BN + ReLU."""
 
     def __init__(self, dim: int, stride: int = 1, heads: int = 4, kernel_att: int = 7, kernel_conv: int = 3):
@@ -83,8 +83,7 @@ class ACmixLocal(nn.Module):
         self.pos = nn.Conv2d(2, dim // heads, 1)
         self.conv_path = ShiftConvPath(dim, heads, kernel_conv, stride)
         self.rate1, self.rate2 = _rate(), _rate()
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU()
+        self.add_norm_act(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
@@ -94,23 +93,18 @@ class ACmixLocal(nn.Module):
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0)  # (1, 2, H, W)
         att = local_attention(q, k, v, self.pos(grid), self.heads, self.kernel_att, self.stride)
         rate1 = self.rate1 if self.rate1.dim() == 0 else self.rate1.view(1, -1, 1, 1)
-        out = rate1 * att + self.rate2 * self.conv_path(*(t.permute(0, 2, 3, 1) for t in (q, k, v)))
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
+        return self.finish(rate1 * att + self.rate2 * self.conv_path(*(t.permute(0, 2, 3, 1) for t in (q, k, v))))
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        """The BN's scale goes into rate1 (per channel) for the attention path; scale and shift go into the
+        conv path's last conv, with rate2 folded in there and set to 1."""
         conv = self.conv_path.dep_conv
-        t = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
-        w, b = fuse_bn(conv.weight * self.rate2, conv.bias * self.rate2, self.bn)
+        t = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w, b = fuse_bn(conv.weight * self.rate2, conv.bias * self.rate2, bn)
         conv.weight.copy_(w)
         conv.bias.copy_(b)
         self.rate1 = nn.Parameter(self.rate1 * t)
         self.rate2 = nn.Parameter(torch.ones_like(self.rate2))
-        self.bn = None
 
 
 class ACmixWindow(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosLogits, attend, merge_heads, split_heads
-from ._layers import conv_with, fuse_bn, pool_ceil
+from ._layers import NormActMixer, conv_with, fuse_bn, pool_ceil
 from ._registry import register_op
 from .resnet import Bottleneck
 
@@ -33,7 +33,7 @@ def _round_up(x: float, m: int) -> int:
     return max(m, m * math.ceil(x / m))
 
 
-class AugmentedConv(nn.Module):
+class AugmentedConv(NormActMixer):
     def __init__(self, dim: int, stride: int = 1, heads: int | None = None, kappa: float = 0.2,
                  upsilon: float = 0.1, kernel_size: int = 3, rel_extent: int = 14):
         super().__init__()
@@ -48,8 +48,7 @@ class AugmentedConv(nn.Module):
         self.qkv = nn.Conv2d(dim, 2 * dk + dv, 1, bias=False)
         self.rel = RelPosLogits(dk // heads, rel_extent)
         self.proj = nn.Conv2d(dv, dv, 1)
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU()
+        self.add_norm_act(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv(x)
@@ -59,22 +58,16 @@ class AugmentedConv(nn.Module):
         q, k, v = (split_heads(t, self.heads) for t in qkv.split([self.dk, self.dk, self.dv], dim=-1))
         q = q * (self.dk // self.heads) ** -0.5
         att = merge_heads(attend(q, k, v, self.rel(q, h, w), scale=1.0)).transpose(1, 2).reshape(b, -1, h, w)
-        out = torch.cat([conv, self.proj(att)], dim=1)
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
+        return self.finish(torch.cat([conv, self.proj(att)], dim=1))
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        """The BN's first out - d_v channels fold into the conv, the last d_v into the output projection."""
         split = self.conv.out_channels
         parts = []
         for layer, rows in ((self.conv, slice(0, split)), (self.proj, slice(split, None))):
-            w, b = fuse_bn(layer.weight, layer.bias, self.bn, rows)
+            w, b = fuse_bn(layer.weight, layer.bias, bn, rows)
             parts.append(conv_with(w, b, layer.stride, layer.padding))
         self.conv, self.proj = parts
-        self.bn = None
 
 
 def attention_augmented(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None,

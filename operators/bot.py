@@ -22,30 +22,21 @@ import torch
 from torch import nn
 
 from ._attention import RelPosLogits, attend, merge_heads, split_heads
-from ._layers import check_heads, conv_with, default_heads, fuse_bn, pool_ceil
+from ._layers import NormActMixer, check_heads, conv_with, default_heads, fuse_bn, pool_ceil
 from ._registry import register_op
 from .resnet import Bottleneck
 
 
-class ValueNormMixer(nn.Module):
-    """The tail the attention bottleneck mixers share (BoT, HaloNet, SASA): BN then ReLU after the attention
-    (``finish``). At deploy the BN folds into the value rows of the 1x1 projection named by ``values`` (the
-    attention output, and its average pooling, are convex combinations of values, so a per-channel affine map
-    of the output is the same map of the values)."""
+class ValueNormMixer(NormActMixer):
+    """The BN + ReLU tail of the attention bottleneck mixers whose output is attention alone (BoT, HaloNet,
+    SASA). At deploy the BN folds into the value rows of the 1x1 projection named by ``values`` (the attention
+    output, and its average pooling, are convex combinations of values, so a per-channel affine map of the
+    output is the same map of the values)."""
 
     values = "qkv"  # the attribute holding the 1x1 conv whose last ``dim`` outputs are the values
 
-    def finish(self, out: torch.Tensor) -> torch.Tensor:
-        if self.bn is not None:
-            out = self.bn(out)
-        return self.act(out)
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.bn is None:
-            return
-        setattr(self, self.values, fold_bn_into_values(getattr(self, self.values), self.bn))
-        self.bn = None
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        setattr(self, self.values, fold_bn_into_values(getattr(self, self.values), bn))
 
 
 class BoTMHSA(ValueNormMixer):
@@ -55,8 +46,7 @@ class BoTMHSA(ValueNormMixer):
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False)
         self.rel = RelPosLogits(dim // heads, rel_extent)
         self.pool = pool_ceil(stride)
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU()
+        self.add_norm_act(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -74,7 +64,6 @@ def fold_bn_into_values(qkv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = qkv.bias.clone() if qkv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     w[-c:], bias[-c:] = fuse_bn(w[-c:], bias[-c:], bn)
     return conv_with(w, bias, 1, 0)
-
 
 
 def bot(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, expansion: int = 4,

@@ -112,8 +112,7 @@ class HaloAttention(ValueNormMixer):
         self.rel_h = nn.Parameter(trunc_normal_(torch.zeros(2 * (block + halo) - 1, d), std=d ** -0.5))
         self.rel_w = nn.Parameter(trunc_normal_(torch.zeros(2 * (block + halo) - 1, d), std=d ** -0.5))
         self.pool = pool_ceil(stride // self.step)
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU()
+        self.add_norm_act(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, v = self.kv(x).chunk(2, dim=1)

@@ -87,8 +87,7 @@ class SASAttention(ValueNormMixer):
         self.rel_row = nn.Parameter(torch.randn(heads, d_row, kernel) * d ** -0.5)
         self.rel_col = nn.Parameter(torch.randn(heads, d - d_row, kernel) * d ** -0.5)
         self.pool = pool_ceil(stride)
-        self.bn = nn.BatchNorm2d(dim)
-        self.act = nn.ReLU()
+        self.add_norm_act(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=1)
