@@ -70,7 +70,7 @@ def _parser() -> _cli.Parser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: 0)")
     p.add_argument("--time-budget", default=None, help="stop after this long, e.g. 30m (default: 14m for the "
-                   "default settings, else none)")
+                   "bare command on this machine, else none; --resume keeps the run's own)")
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help=f"retrain the front's top K at a higher fidelity with {SEEDS} seeds each after the search; the "
                    f"pick is the best mean confirmed accuracy; 0: no confirmation (default: {d.confirm})")
@@ -105,7 +105,7 @@ def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
                                  f"drop the flag to continue with the run's own value")
         merged = {k: previous[k] for k in SearchConfig.FIXED + ("trials", "seed_references", "confirm")
                   if k in previous}
-        merged.update({k: v for k, v in given.items() if k in ("trials", "confirm")})
+        merged.update({k: v for k, v in given.items() if k in ("trials", "confirm", "seed_references")})
         return SearchConfig(**merged)
     config = SearchConfig(**given)
     return dataclasses.replace(config, confirm_max_train=config.confirmation.max_train)  # fixed from now on
@@ -142,8 +142,6 @@ def _run_name(args, budget: int) -> str:
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     budget = parse_budget(args.budget)
-    time_budget = _parse_duration(args.time_budget) if args.time_budget else (
-        14 * 60.0 if argv_is_default(args) else None)
     runs_dir = Path(args.runs_dir)
     name = _run_name(args, budget)
     run = RunDir(runs_dir / name)
@@ -163,6 +161,7 @@ def _main(argv: list[str] | None) -> int:
     from .space import load_space
 
     previous = run.read_config() if args.resume else {}
+    time_budget = _time_budget(args, previous)
     storage = storage_to_resume(previous.get("storage"), args.storage) if args.resume else args.storage
     imports = list(dict.fromkeys([*previous.get("imports", []), *args.imports]))  # the run's, then new ones
     plugins.import_modules(imports)
@@ -179,8 +178,10 @@ def _main(argv: list[str] | None) -> int:
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
     if args.resume:
         study_name = previous.get("study_name", "opmix")
-        if imports != previous.get("imports", []):  # a module added on resume stays the run's
-            run.write_config({**previous, "imports": imports})
+        kept = {**previous, "imports": imports, "seed_references": config.seed_references,
+                "time_budget_s": time_budget}  # what this session changed stays the run's
+        if kept != previous:
+            run.write_config(kept)
     else:
         import shutil
 
@@ -188,7 +189,7 @@ def _main(argv: list[str] | None) -> int:
 
         study_name = f"opmix-{name}-{secrets.token_hex(4)}"
         run.write_config({**dataclasses.asdict(config), "storage": storage_to_store(storage),
-                          "study_name": study_name, "imports": imports})
+                          "study_name": study_name, "imports": imports, "time_budget_s": time_budget})
         shutil.copyfile(resolve_space_path(config.space), run.space)  # the run keeps the space it searched
     try:
         summary = search(config, run=run, resume=args.resume, storage=storage, study_name=study_name,
@@ -205,10 +206,27 @@ def _main(argv: list[str] | None) -> int:
     return 0 if summary["by_status"]["completed"] else 1
 
 
-def argv_is_default(args) -> bool:
-    """The bare command (only --budget, maybe --name/--runs-dir) keeps to 15 minutes on a small machine."""
-    return all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
-                                                  "image_size", "grace_period"))
+BARE_TIME_BUDGET_S = 14 * 60.0  # the bare command's cap: with its confirmation, 15 minutes on 2 cores
+
+
+def is_bare_command(args) -> bool:
+    """The bare command: ``--budget``, maybe ``--name``, ``--runs-dir``, ``--data-dir``, ``--seed``,
+    ``--sampler``, ``--storage``, run on this machine with the default resources; nothing that sets its cost."""
+    return (all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
+                                                   "image_size", "grace_period", "confirm", "address"))
+            and not (args.resume or args.seed_references or args.no_early_stop)
+            and args.cpus_per_trial == 1.0 and args.gpus_per_trial == 0.0)
+
+
+def _time_budget(args, previous: dict[str, Any]) -> float | None:
+    """This session's time budget in seconds (None: none): ``--time-budget`` when given; on ``--resume`` the
+    run's own (``time_budget_s`` in its ``config.yaml``; a run written before the key had none); else
+    ``BARE_TIME_BUDGET_S`` for the bare command, none for any other."""
+    if args.time_budget:
+        return _parse_duration(args.time_budget)
+    if args.resume:
+        return previous.get("time_budget_s")
+    return BARE_TIME_BUDGET_S if is_bare_command(args) else None
 
 
 def main(argv: list[str] | None = None) -> None:

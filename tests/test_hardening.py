@@ -37,3 +37,67 @@ def test_a_reference_on_resume_never_trains_under_a_cut_off_candidates_trial(tmp
     assert resumed.live["t3"]["arch"] == arch_of(s, FEASIBLE)
     (ref_record,) = [r for r in s.run.read_trials() if r.get("reference")]
     assert ref_record["trial_id"] == "ref-myref" and ref_record["accuracy"] == 0.6
+
+
+# ------------------------------------------------------------------------------ the command line, in process
+@pytest.fixture
+def fake_search(monkeypatch, tmp_path):
+    """``nas.search._main`` with Ray and the search loop replaced: each call's SearchConfig and time budget are
+    kept in the returned list, and the run folder is written as the real command writes it."""
+    import nas.cluster
+    import nas.search
+    import nas.space
+    from search_helpers import write_tiny_fashion
+
+    calls = []
+
+    def search(config, *, run, resume, time_budget_s, **kwargs):
+        calls.append({"config": config, "resume": resume, "time_budget_s": time_budget_s})
+        return {"by_status": {"completed": 1}}
+
+    monkeypatch.setattr(nas.cluster, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(nas.cluster, "check_resources", lambda *a, **k: None)
+    monkeypatch.setattr(nas.search, "search", search)
+    monkeypatch.setattr(nas.search, "print_summary", lambda *a, **k: None)
+    monkeypatch.setattr(nas.space, "load_space", lambda *a, **k: None)  # checks every operator: slow, not tested here
+    data = write_tiny_fashion(tmp_path / "data", n=40)
+
+    def main(*argv: str) -> int:
+        return nas.search._main(["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data), *argv])
+
+    main.calls = calls
+    main.runs = tmp_path / "runs"
+    return main
+
+
+def test_resume_keeps_the_runs_time_budget_or_its_absence(fake_search):
+    from nas.rundir import RunDir
+    from nas.search import BARE_TIME_BUDGET_S
+
+    assert fake_search("--budget", "4.5G", "--trials", "8", "--epochs", "2", "--max-train", "256", "--name", "a") == 0
+    assert fake_search("--budget", "4.5G", "--resume", "--name", "a") == 0
+    assert [c["time_budget_s"] for c in fake_search.calls] == [None, None]  # not the bare command's cap
+    assert RunDir(fake_search.runs / "a").read_config()["time_budget_s"] is None
+
+    fake_search("--budget", "4.5G", "--name", "bare")  # the bare command: capped, and its resume too
+    fake_search("--budget", "4.5G", "--resume", "--name", "bare")
+    fake_search("--budget", "4.5G", "--time-budget", "30m", "--name", "timed")
+    fake_search("--budget", "4.5G", "--resume", "--name", "timed")
+    assert [c["time_budget_s"] for c in fake_search.calls[2:]] == [BARE_TIME_BUDGET_S] * 2 + [1800.0] * 2
+
+
+@pytest.mark.parametrize("flags", [("--address", "10.0.0.1:6379"), ("--gpus-per-trial", "1"),
+                                   ("--seed-references", "--confirm", "5"), ("--confirm", "5")])
+def test_only_the_bare_command_on_this_machine_gets_the_cap(fake_search, flags):
+    fake_search("--budget", "4.5G", "--name", "x", *flags)
+    assert fake_search.calls[0]["time_budget_s"] is None
+
+
+def test_seed_references_given_on_resume_is_applied_and_kept(fake_search):
+    from nas.rundir import RunDir
+
+    fake_search("--budget", "4.5G", "--trials", "2", "--name", "r")
+    fake_search("--budget", "4.5G", "--resume", "--name", "r", "--seed-references")
+    fake_search("--budget", "4.5G", "--resume", "--name", "r")
+    assert [c["config"].seed_references for c in fake_search.calls] == [False, True, True]
+    assert RunDir(fake_search.runs / "r").read_config()["seed_references"] is True
