@@ -20,6 +20,10 @@ def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
 
     # Ray Tune's newer console output prints its own tables whatever ``verbose`` says; ours are the progress lines
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # One Ctrl-C stops the run: Tune would catch the first SIGINT and return from fit() as if the experiment had
+    # ended (the search would go on to its confirmation). Without Tune's handler, KeyboardInterrupt reaches the
+    # loop, which records the running trials ``interrupted`` and says how to continue.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if ray.is_initialized():
         return
     paths = module_paths(imports)

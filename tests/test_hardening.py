@@ -101,3 +101,41 @@ def test_seed_references_given_on_resume_is_applied_and_kept(fake_search):
     fake_search("--budget", "4.5G", "--resume", "--name", "r")
     assert [c["config"].seed_references for c in fake_search.calls] == [False, True, True]
     assert RunDir(fake_search.runs / "r").read_config()["seed_references"] is True
+
+
+# --------------------------------------------------------------------------------- a real search, a real SIGINT
+def test_one_ctrl_c_stops_the_search_records_the_running_trials_and_says_how_to_continue(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from search_helpers import clean_env, write_space, write_tiny_fashion
+
+    from nas.rundir import RunDir
+
+    data, space = write_tiny_fashion(tmp_path / "data"), write_space(tmp_path)
+    run = RunDir(tmp_path / "runs" / "cc")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.search", "--budget", "80M", "--space", str(space), "--trials", "12",
+         "--epochs", "3", "--max-train", "256", "--no-early-stop", "--data-dir", str(data), "--runs-dir",
+         str(tmp_path / "runs"), "--name", "cc"],  # confirmation on (the default): it must not start
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not any(r["status"] == "completed" for r in run.read_trials()):
+            assert proc.poll() is None and time.time() < deadline, "the search ended before a trial completed"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "--resume --name cc" in err, err[-2000:]
+    records = run.read_trials()
+    assert not [r for r in records if "confirms" in r]
+    assert "confirming" not in (run.path / "search.log").read_text()
+    assert "interrupted" in [r["status"] for r in records], [r["status"] for r in records]
