@@ -5,10 +5,14 @@ per stage ``depth`` blocks of the stage's operator (the first takes the stage's 
 unless the stage downsamples with a separate layer), then the head. The same call makes the proxy:
 ``width_mult`` scales every width (to a multiple of 8 that the operator can still use, so heads keep
 dividing it), and ``in_chans``, ``num_classes`` and ``input_size`` take the proxy dataset's values. Images of
-at most 64 px get a small-image stem: one 3x3 conv, BN, ReLU, at half the stem's stride (2 for the stride-4
-stems, 1 for the stride-2 ones). A stride-4 stem would leave a 28-px image 1 px wide by the last stage; with
-it the proxy's stages run at 14, 7, 4 and 2 px, an eighth of their 56, 28, 14 and 7 px at 224, at a
-quarter of the cost of a stride-1 stem (CIFAR ResNets' choice), which a 2-core search cannot afford.
+at most 64 px get a small-image stem at half the stem's stride, whatever that stride is: 1 for the stride-2
+stems, 2 for the stride-4 ones (one 3x3 conv, BN, ReLU), 8 for LeViT's stride-16 stem (three 3x3 stride-2
+convs). So every stage of every proxy runs at half its target's output stride, and its map relates to the
+target's by one rule: ``ceil(2 * size / R)`` against ``ceil(target size / R)`` for a stage at output
+stride R, a quarter of the target's side at 28 px (stages at 14, 7, 4 and 2 px against 56, 28, 14 and 7;
+LeViT's at 4, 2 and 1 against 14, 7 and 4). A stride-4 stem's own stride would leave a 28-px image 1 px
+wide by the last stage; a stride-1 stem (CIFAR ResNets' choice) would cost four times as much, which a
+2-core search cannot afford.
 
 Module names are fixed (``stem``, ``stages.<i>.<j>``, ``head``), so state_dicts move between builds of the
 same Arch and the exported code.
@@ -43,9 +47,9 @@ def make_stem(kind: str, in_chs: int, width: int) -> nn.Module:
 
 
 def stem_kind(arch: Arch, input_size: int | None = None) -> str:
-    """The Arch's stem, or the small-image stem at half its stride (2 at most) for inputs of <= 64 px."""
+    """The Arch's stem, or the small-image stem at half its stride for inputs of <= 64 px (module docstring)."""
     if (input_size or arch.input_size) <= SMALL_IMAGE:
-        return f"small{min(2, max(1, operators.get_stem(arch.stem.type).stride // 2))}"
+        return f"small{max(1, operators.get_stem(arch.stem.type).stride // 2)}"
     return arch.stem.type
 
 

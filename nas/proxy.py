@@ -7,7 +7,7 @@ confirmation rung all train through ``train_arch``, so a result is a function of
 settings) alone: the seed is set before the network is built, and the trainer draws its data order and
 augmentation from its own generator seeded the same way.
 
-Windows at the proxy's resolution. At 28 px the proxy's stages run at 14, 7, 4 and 2 px, an eighth of their
+Windows at the proxy's resolution. At 28 px the proxy's stages run at 14, 7, 4 and 2 px, a quarter of their
 size at 224 px, so a 7x7 window would cover the whole map from the second stage on and local attention
 would look global. With ``scale_windows`` (the default) each spatial extent an operator declares
 (``OpSpec.extents``: Swin's window, ACmix's window and local kernel) is scaled by the ratio of the stage's
@@ -114,8 +114,7 @@ def stage_maps(arch: Arch, input_size: int) -> list[int]:
     uses at that size (the small-image stem at <= 64 px)."""
     from .network import stem_kind
 
-    kind = stem_kind(arch, input_size)
-    side = math.ceil(input_size / (int(kind[-1]) if kind.startswith("small") else stem_stride(kind)))
+    side = math.ceil(input_size / stem_stride(stem_kind(arch, input_size)))
     maps = []
     for stage in arch.stages:
         side = math.ceil(side / stage.stride)

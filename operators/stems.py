@@ -7,8 +7,8 @@ patchify stem truncated normal 0.02, as ConvNeXt's (the official Swin leaves its
 default); CoAtNet's stem He fan-out (timm's ``maxxvit``); RepVGG's stem PyTorch's default (the official code).
 Families with a stem of their own (NAT, CvT, LeViT, ...) register it in their own file.
 
-The small-image stems (``small1``, ``small2``) are what ``nas.network`` puts in place of an Arch's stem for
-inputs of at most 64 px; they can also be named directly.
+The small-image stems (``small1`` .. ``small8``, at half the stride of the stem they replace) are what
+``nas.network`` puts in place of an Arch's stem for inputs of at most 64 px; they can also be named directly.
 """
 
 from __future__ import annotations
@@ -70,6 +70,22 @@ def stem_small2(in_chs: int, width: int) -> nn.Module:
     return init_weights(ConvNormAct(in_chs, width, 3, 2), "fan_out")
 
 
+def _halvings(in_chs: int, width: int, steps: int) -> nn.Module:
+    """``steps`` 3x3 stride-2 conv, BN, ReLU: a stem that halves the map at each step, as LeViT's own does."""
+    layers = [ConvNormAct(in_chs if i == 0 else width, width, 3, 2) for i in range(steps)]
+    return init_weights(nn.Sequential(*layers), "fan_out")
+
+
+def stem_small4(in_chs: int, width: int) -> nn.Module:
+    """Small images, in place of a stride-8 stem: two halvings."""
+    return _halvings(in_chs, width, 2)
+
+
+def stem_small8(in_chs: int, width: int) -> nn.Module:
+    """Small images, in place of a stride-16 stem (LeViT's): three halvings."""
+    return _halvings(in_chs, width, 3)
+
+
 def conv_down(in_chs: int, out_chs: int, stride: int) -> nn.Module:
     """A stage's separate downsampling layer: 3x3 conv, BN, ReLU."""
     return init_weights(ConvNormAct(in_chs, out_chs, 3, stride), "fan_out")
@@ -81,5 +97,7 @@ register_stem("conv3x2", stem_conv3x2, stride=2, paper="Dai et al., CoAtNet, Neu
 register_stem("repvgg", stem_repvgg, stride=2, paper="Ding et al., RepVGG, CVPR 2021")
 register_stem("small1", stem_small1, stride=1, paper="opmix: the small-image stem (nas.network)")
 register_stem("small2", stem_small2, stride=2, paper="opmix: the small-image stem (nas.network)")
+register_stem("small4", stem_small4, stride=4, paper="opmix: the small-image stem (nas.network)")
+register_stem("small8", stem_small8, stride=8, paper="opmix: the small-image stem (nas.network)")
 register_downsampler("conv", conv_down, paper="opmix: 3x3 conv, BN, ReLU")
 register_downsampler("patch", PatchDown, paper="Liu et al., A ConvNet for the 2020s, CVPR 2022")

@@ -60,7 +60,8 @@ DECLARED: dict[str, tuple[set[str], bool]] = {
     "lesa": ({"fan_out"}, False),  # Chenglin-Yang/LESA_classification: kaiming fan_out, zero_init_residual off
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
-                 "small1": "fan_out", "small2": "fan_out", "levit": "torch_default", "nat": "torch_default",
+                 "small1": "fan_out", "small2": "fan_out", "small4": "fan_out", "small8": "fan_out",
+                 "levit": "torch_default", "nat": "torch_default",
                  "cvt": "torch_default", "mvit": "torch_default", "uniformer": "torch_default",
                  "mixformer": "paddle_default", "glnet": "torch_default"}
 DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal", "nat": "torch_default", "cvt": "torch_default",
