@@ -85,7 +85,10 @@ def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) 
             raise OpmixError("the run has no completed trial within the budget yet; wait for the search, or pass "
                              "--trial ID" + (f" (completed: {listing})" if completed else ""))
         return _with_confirmation(analysis["best"], analysis)
-    matches = [r for r in records if str(r["trial_id"]) in (trial, f"ref-{trial}")]
+    name = trial.removeprefix("ref-")  # a reference by its name, whatever id its record has: runs written
+    # before references were recorded as ref-NAME kept one that lies in the space under its Optuna number
+    matches = [r for r in records if "confirms" not in r
+               and (str(r["trial_id"]) in (trial, f"ref-{trial}") or r.get("reference") == name)]
     if not matches:
         raise OpmixError(f"--trial {trial}: no such trial in the run; completed trials: {listing or 'none yet'}")
     record = matches[-1]

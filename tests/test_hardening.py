@@ -139,3 +139,23 @@ def test_one_ctrl_c_stops_the_search_records_the_running_trials_and_says_how_to_
     assert not [r for r in records if "confirms" in r]
     assert "confirming" not in (run.path / "search.log").read_text()
     assert "interrupted" in [r["status"] for r in records], [r["status"] for r in records]
+
+
+# ------------------------------------------------------------------------------------------- export --trial NAME
+@pytest.mark.parametrize("asked", ["resnet50", "ref-resnet50"])
+def test_export_finds_a_reference_by_name_whatever_id_its_record_has(asked):
+    from nas.export import pick_trial
+    from nas.rundir import trial_record
+    from nas.space import load_reference
+
+    ref = load_reference("resnet50")
+    other = load_reference("convnext_t")
+    # as a search before issue 18 recorded a reference that lies in the space: under its Optuna trial number
+    records = [trial_record(0, other, "completed", 4_470_000_000, 28_000_000, error=None, accuracies=[0.5, 0.6]),
+               trial_record(1, ref, "completed", 4_090_000_000, 25_500_000, error=None, accuracies=[0.4, 0.5],
+                            reference="resnet50"),
+               trial_record("1-c0", ref, "confirmed", 4_090_000_000, 25_500_000, error=None, accuracies=[0.55],
+                            reference="resnet50", confirms=1, seed=0)]
+    picked = pick_trial(records, 4.5e9, asked)
+    assert picked["trial_id"] == 1 and picked["reference"] == "resnet50"
+    assert pick_trial(records, 4.5e9, "0")["trial_id"] == 0
