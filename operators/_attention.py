@@ -42,6 +42,31 @@ class RelPosBias(nn.Module):
         return bias.permute(2, 0, 1)
 
 
+class WindowAttentionBase(nn.Module):
+    """Multi-head attention on (B, H, W, C) inside size x size windows with a relative position bias: a qkv
+    linear, the subclass's ``windowed`` attention (which windows, and how odd maps are padded), an output linear.
+    Swin's W-MSA / SW-MSA, ACmix-Swin's attention path and MaxViT's block and grid attention differ only there."""
+
+    def __init__(self, dim: int, heads: int, size: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.rel = RelPosBias(heads, size)
+        self.proj = nn.Linear(dim, dim)
+
+    def windowed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) queries, keys and values -> the (B, H, W, C) attention output, heads merged."""
+        raise NotImplementedError(f"{type(self).__name__} must say which windows it attends in (windowed)")
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention output from ``self.qkv(x)`` (ACmix-Swin's conv path reuses the same projections)."""
+        q, k, v = qkv.chunk(3, dim=-1)
+        return self.proj(self.windowed(q, k, v))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(self.qkv(x))
+
+
 class RelPosLogits(nn.Module):
     """2D relative logits q . r_dy + q . r_dx with separate height and width embeddings (BoTNet, AA-conv)."""
 

@@ -39,11 +39,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._attention import RelPosBias, local_attention, window_attention, window_sizes
+from ._attention import local_attention, window_sizes
 from ._layers import NormActMixer, check_heads, default_heads, fuse_bn, init_weights
 from ._registry import register_op
 from .resnet import Bottleneck
-from .swin import SwinBlock
+from .swin import SwinBlock, WindowAttention
 
 
 class ShiftConvPath(nn.Module):
@@ -107,8 +107,9 @@ class ACmixLocal(NormActMixer):
         self.rate2 = nn.Parameter(torch.ones_like(self.rate2))
 
 
-class ACmixWindow(nn.Module):
-    """The Swin-block mixer on (B, H, W, C): ACmix with (shifted) window attention.
+class ACmixWindow(WindowAttention):
+    """The Swin-block mixer on (B, H, W, C): ACmix with (shifted) window attention: Swin's ``WindowAttention``
+    plus a convolution path on the same q, k, v projections, mixed by two learned rates.
 
     With ``shift`` both paths see the map rolled by half a window (the official block rolls its input before
     the mixer and rolls the mixer's output back), so the convolution path's zero padding falls on the roll's
@@ -116,11 +117,7 @@ class ACmixWindow(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, window: int = 7, shift: bool = False, kernel_conv: int = 3):
-        super().__init__()
-        self.heads, self.window, self.shift = heads, window, shift
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.rel = RelPosBias(heads, window)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, heads, window, shift)
         self.conv_path = ShiftConvPath(dim, heads, kernel_conv, 1, fc_bias=True)
         self.rate1, self.rate2 = _rate(), _rate()
         init_weights(self.conv_path.fc, "torch_default")  # a conv in the official code, which Swin's init skips
@@ -132,8 +129,7 @@ class ACmixWindow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        q, k, v = qkv.chunk(3, dim=-1)
-        att = self.proj(window_attention(q, k, v, self.heads, self.window, self.shift, self.rel))
+        att = self.attend(qkv)
         sy, sx = self.roll_sizes(x.shape[1], x.shape[2])
         if sy or sx:
             qkv = torch.roll(qkv, (-sy, -sx), (1, 2))

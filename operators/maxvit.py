@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._attention import RelPosBias, attend, merge_heads, split_heads, window_merge, window_partition
+from ._attention import (RelPosBias, WindowAttentionBase, attend, merge_heads, split_heads, window_merge,
+                         window_partition)
 from ._layers import (ConvNormAct, Mlp, SqueezeExcite, check_heads, default_heads, fold_bn_into_next_conv,
                       init_weights, pool_ceil)
 from ._registry import register_op
@@ -134,19 +135,15 @@ class MaxVitMBConv(nn.Module):
         self.pre_norm = None
 
 
-class PartitionAttention(nn.Module):
+class PartitionAttention(WindowAttentionBase):
     """qkv projection, attention inside windows (block) or a dilated grid (grid), output projection."""
 
     def __init__(self, dim: int, heads: int, size: int, grid: bool):
-        super().__init__()
-        self.heads, self.size, self.grid = heads, size, grid
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.rel = RelPosBias(heads, size)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, heads, size)
+        self.size, self.grid = size, grid
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(partition_attention(q, k, v, self.heads, self.size, self.rel, self.grid))
+    def windowed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return partition_attention(q, k, v, self.heads, self.size, self.rel, self.grid)
 
 
 class PartitionLayer(nn.Module):

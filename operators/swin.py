@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._attention import RelPosBias, window_attention
+from ._attention import WindowAttentionBase, window_attention
 from ._layers import Mlp, check_heads, default_heads, init_weights
 from ._registry import register_op
 
@@ -50,19 +50,15 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(WindowAttentionBase):
     """W-MSA / SW-MSA on (B, H, W, C): qkv projection, windowed attention with relative bias, projection."""
 
     def __init__(self, dim: int, heads: int, window: int = 7, shift: bool = False):
-        super().__init__()
-        self.heads, self.window, self.shift = heads, window, shift
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.rel = RelPosBias(heads, window)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, heads, window)
+        self.window, self.shift = window, shift
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(window_attention(q, k, v, self.heads, self.window, self.shift, self.rel))
+    def windowed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return window_attention(q, k, v, self.heads, self.window, self.shift, self.rel)
 
 
 class SwinBlock(nn.Module):
