@@ -9,8 +9,8 @@ no searcher, no scheduler, so no early stopping). Each job that finishes all its
 ``trials.jsonl`` as it ends, ``status: confirmed``, with ``confirms`` (the proxy record's ``trial_id``),
 ``seed``, ``fidelity`` and the last epoch's per-image results (``correct``, ``val_images``). A job cut off
 (time budget, interruption) is not recorded, and ``--resume`` runs exactly the (candidate, seed) pairs
-without a record; one that raises is recorded ``failed`` and tried
-again on resume. ``nas.pareto.analyze`` turns the records into the pick.
+without a record; one that raises is recorded ``failed`` once: it would fail again, so ``--resume`` leaves
+it be unless asked to ``--retry-failed``. ``nas.pareto.analyze`` turns the records into the pick.
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def _candidates(records: list[dict[str, Any]], budget: float, k: int, references
 
 
 def confirm_jobs(records: list[dict[str, Any]], budget: float, k: int, *, references: bool,
-                 seed: int) -> list[dict[str, Any]]:
+                 seed: int, retry_failed: bool = False) -> list[dict[str, Any]]:
     """The (candidate, seed) trainings still to do, best proxy accuracy first: the top ``k`` of the front
-    within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it."""
-    done = {(r["confirms"], r["seed"]) for r in records if r["status"] == "confirmed"}
+    within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it.
+    A training recorded ``failed`` is done too (it would fail again), unless ``retry_failed``."""
+    ended = ("confirmed",) if retry_failed else ("confirmed", "failed")
+    done = {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
     return [{"confirms": r["trial_id"], "reference": r.get("reference"), "seed": s, "arch": r["arch"],
              "flops": r["flops"], "params": r["params"]}
             for r in _candidates(records, budget, k, references)

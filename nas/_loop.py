@@ -38,7 +38,7 @@ from ._trial import error_text, trainable
 from .cluster import slots, start_ray
 from .flops import format_flops, measure_arch
 from .proxy import ProxySettings
-from .rundir import RunDir, trial_label
+from .rundir import RunDir, append_line, trial_label
 from .storage import open_storage
 
 __all__ = ["SearchConfig", "search", "make_sampler"]
@@ -140,19 +140,19 @@ def _clock_log(started: float, path: Path):
         elapsed = int(time.time() - started)
         line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}"
         print(line, flush=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        append_line(path, line)
     return log
 
 
 def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: str | None = None,
            study_name: str | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
            gpus_per_trial: float = 0.0, time_budget_s: float | None = None, log=None, data=None,
-           imports: tuple[str, ...] = ()) -> dict[str, Any]:
+           imports: tuple[str, ...] = (), retry_failed: bool = False) -> dict[str, Any]:
     """Run (or continue) a search into ``run``; returns the summary that ``nas._summary`` prints. The study is
     ``study_name`` (default: the run's ``config.yaml`` ``study_name``, else ``opmix``) in ``storage`` (default:
     the run's SQLite file). ``data`` is the loaded dataset when the caller has it already; ``imports`` are the
-    plug-in operator modules (``nas.plugins``) the workers import."""
+    plug-in operator modules (``nas.plugins``) the workers import. A confirmation recorded ``failed`` is
+    trained again only with ``retry_failed``."""
     import optuna
     from ray import tune
 
@@ -232,38 +232,48 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     if config.confirm:
         deadline = None if time_budget_s is None else started + time_budget_s
         _confirm_phase(config, run=run, data=data, session=f"{session}-confirm", address=address,
-                       resources=resources, deadline=deadline, log=log, imports=tuple(imports))
+                       resources=resources, deadline=deadline, log=log, imports=tuple(imports),
+                       retry_failed=retry_failed)
     from ._summary import summarize
 
     return summarize(run, config, started)
 
 
 def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
-                   resources: dict[str, float], deadline: float | None, log, imports: tuple[str, ...] = ()) -> None:
-    """The confirmation rung (``nas._confirm``): the jobs without a record, until ``deadline``."""
+                   resources: dict[str, float], deadline: float | None, log, imports: tuple[str, ...] = (),
+                   retry_failed: bool = False) -> None:
+    """The confirmation rung (``nas._confirm``): the jobs without a record (and, with ``retry_failed``, those
+    recorded ``failed``), until ``deadline``."""
     from ._confirm import confirm, confirm_jobs
 
-    jobs = confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
-                        seed=config.seed)
+    def todo(retry: bool) -> list[dict[str, Any]]:
+        return confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
+                            seed=config.seed, retry_failed=retry)
+
+    jobs = todo(retry_failed)
     left = None if deadline is None else deadline - time.time()
     resume = f"continue with --resume --name {run.path.name}"
     if not jobs:
         log("  confirmation: nothing left to confirm")
-        return
-    if left is not None and left < 10:
+    elif left is not None and left < 10:
         log(f"  no time left for the {len(jobs)} confirmation training(s); {resume}")
-        return
-    start_ray(address, imports)
-    settings, n_slots = config.confirmation, slots(resources["cpu"], resources["gpu"])
-    log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
-        f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and {config.seed + 1}, "
-        f"{n_slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
-    done = confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=n_slots,
-                   time_budget_s=left, log=log, imports=imports)
-    if done < len(jobs):
-        timed_out = deadline is not None and time.time() >= deadline - 1
-        log(f"  {len(jobs) - done} of {len(jobs)} confirmation training(s) did not finish"
-            f"{' within the time budget' if timed_out else ''}; {resume}")
+    else:
+        start_ray(address, imports)
+        settings, n_slots = config.confirmation, slots(resources["cpu"], resources["gpu"])
+        log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
+            f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and "
+            f"{config.seed + 1}, {n_slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
+        confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=n_slots,
+                time_budget_s=left, log=log, imports=imports)
+        cut = len(todo(False))
+        if cut:
+            timed_out = deadline is not None and time.time() >= deadline - 1
+            log(f"  {cut} of {len(jobs)} confirmation training(s) did not finish"
+                f"{' within the time budget' if timed_out else ''}; {resume}")
+    failed = len(todo(True)) - len(todo(False))
+    if failed:  # recorded once: they would fail again, and are not retried unless asked
+        log(f"  {failed} confirmation training(s) failed (see {run.trials.name}); to train them again: "
+            f"--resume --retry-failed --name {run.path.name}")
 
 
 def _close_interrupted(study, log) -> None:

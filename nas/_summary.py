@@ -11,12 +11,19 @@ from .rundir import RunDir, trial_label
 __all__ = ["summarize", "print_summary"]
 
 
+def _failures(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failed records, less a confirmation's failure that a later ``--retry-failed`` confirmed."""
+    confirmed = {(r["confirms"], r["seed"]) for r in records if r["status"] == "confirmed"}
+    return [r for r in records if r["status"] == "failed"
+            and ("confirms" not in r or (r["confirms"], r["seed"]) not in confirmed)]
+
+
 def summarize(run: RunDir, config, started: float | None = None) -> dict[str, Any]:
     from .pareto import analyze
 
     records = run.read_trials()
     return {**analyze(records, config.budget), "run": str(run.path),
-            "failures": [r for r in records if r["status"] == "failed"],
+            "failures": _failures(records),
             "seconds": (time.time() - started) if started else None}
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _cli, plugins
-from .rundir import append_jsonl, atomic_write, read_jsonl
+from .rundir import append_jsonl, atomic_write, read_jsonl, save_figure
 from .arch import Arch
 from .flops import format_flops, parse_budget
 from .proxy import ProxySettings
@@ -658,10 +658,8 @@ def plot_report(report, archs, results, setup: Setup, path: Path) -> Path | None
                                               if any(len(v) > 1 for v in reference_seeds.values()) else ""))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _cli
-from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, trial_label
+from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, save_figure, trial_label
 from .errors import OpmixError
 
 __all__ = ["pareto_mask", "hypervolume", "Noise", "noise_level", "analyze", "front_table", "confirmed_lines",
@@ -429,10 +429,8 @@ def _finish(fig, ax, widest_flops: float, path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ import yaml
 
 from .errors import OpmixError
 
-__all__ = ["RunDir", "STATUSES", "load_run", "trial_record", "trial_label", "arch_line", "atomic_write", "append_jsonl", "read_jsonl"]
+__all__ = ["RunDir", "STATUSES", "load_run", "trial_record", "trial_label", "arch_line", "atomic_write", "save_figure", "append_line", "append_jsonl", "read_jsonl"]
 
 STATUSES = ("completed", "stopped", "infeasible", "failed", "interrupted", "confirmed")
 
@@ -134,25 +135,51 @@ def arch_line(arch: dict[str, Any]) -> str:
     return " | ".join(f"{s['op']} x{s['depth']} {s['width']}" for s in arch["stages"])
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``: readers see the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to a temporary sibling of a name of its own, fsync it, then rename it over
+    ``path``: readers see the old file or the whole new one, after a crash too, and two writers of one file
+    never write into each other's temporary file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the file from the others who read a shared run
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line and fsync it. After a last line torn by a crash (no newline), start
-    a new line, so that this record stays whole and readable."""
+def save_figure(fig, path: Path, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure written through ``atomic_write`` (its format from ``path``'s suffix)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
+    atomic_write(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line of text (a log line) and fsync it; after a last line torn by a crash (no newline),
+    start a new line, so that this one stays whole."""
     torn = False
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if torn else "") + json.dumps(record, sort_keys=False) + "\n")
+        f.write(("\n" if torn else "") + line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line (``append_line``), so that it stays whole and readable."""
+    append_line(path, json.dumps(record, sort_keys=False))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

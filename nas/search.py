@@ -26,7 +26,7 @@ from ._loop import SearchConfig, search
 from ._summary import print_summary
 from .errors import OpmixError
 from .flops import format_flops, parse_budget
-from .rundir import RunDir
+from .rundir import RunDir, atomic_write
 from .storage import storage_to_resume, storage_to_store
 
 __all__ = ["search", "SearchConfig", "main"]
@@ -76,6 +76,9 @@ def _parser() -> _cli.Parser:
                    f"pick is the best mean confirmed accuracy; 0: no confirmation (default: {d.confirm})")
     p.add_argument("--seed-references", action="store_true",
                    help="train the reference architectures that fit the budget first (and confirm them)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: train again the confirmations recorded failed (a failure is otherwise "
+                   "recorded once and left be: it would happen again)")
     p.add_argument("--no-early-stop", action="store_true", help="train every candidate for all epochs (no ASHA)")
     p.add_argument("--width-mult", type=float, default=None, help=f"proxy width multiplier (default: {d.width_mult})")
     p.add_argument("--max-train", type=int, default=None,
@@ -141,6 +144,8 @@ def _run_name(args, budget: int) -> str:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.retry_failed and not args.resume:
+        raise OpmixError("--retry-failed goes with --resume --name NAME: it trains again what a run recorded failed")
     budget = parse_budget(args.budget)
     runs_dir = Path(args.runs_dir)
     name = _run_name(args, budget)
@@ -183,19 +188,17 @@ def _main(argv: list[str] | None) -> int:
         if kept != previous:
             run.write_config(kept)
     else:
-        import shutil
-
         from .space import resolve_space_path
 
         study_name = f"opmix-{name}-{secrets.token_hex(4)}"
         run.write_config({**dataclasses.asdict(config), "storage": storage_to_store(storage),
                           "study_name": study_name, "imports": imports, "time_budget_s": time_budget})
-        shutil.copyfile(resolve_space_path(config.space), run.space)  # the run keeps the space it searched
+        atomic_write(run.space, resolve_space_path(config.space).read_bytes())  # the run keeps the space it searched
     try:
         summary = search(config, run=run, resume=args.resume, storage=storage, study_name=study_name,
                          address=args.address, cpus_per_trial=args.cpus_per_trial,
                          gpus_per_trial=args.gpus_per_trial, time_budget_s=time_budget, data=data,
-                         imports=tuple(imports))
+                         imports=tuple(imports), retry_failed=args.retry_failed)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are kept in {run.trials}. Continue with:\n"
               f"  {PROG} --budget {args.budget} --resume --name {name} --runs-dir {runs_dir}"
@@ -214,7 +217,7 @@ def is_bare_command(args) -> bool:
     ``--sampler``, ``--storage``, run on this machine with the default resources; nothing that sets its cost."""
     return (all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
                                                    "image_size", "grace_period", "confirm", "address"))
-            and not (args.resume or args.seed_references or args.no_early_stop)
+            and not (args.resume or args.seed_references or args.no_early_stop or args.retry_failed)
             and args.cpus_per_trial == 1.0 and args.gpus_per_trial == 0.0)
 
 

@@ -159,3 +159,98 @@ def test_export_finds_a_reference_by_name_whatever_id_its_record_has(asked):
     picked = pick_trial(records, 4.5e9, asked)
     assert picked["trial_id"] == 1 and picked["reference"] == "resnet50"
     assert pick_trial(records, 4.5e9, "0")["trial_id"] == 0
+
+
+# ------------------------------------------------------------------------------------ failures recorded once
+def test_a_failed_confirmation_is_recorded_once_and_retried_only_when_asked(tmp_path, monkeypatch):
+    import nas._confirm
+    import nas._loop
+    from nas._loop import SearchConfig, _confirm_phase
+    from nas._summary import summarize
+    from nas.rundir import RunDir, trial_record
+    from nas.space import load_reference
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.append_trial(trial_record(0, load_reference("resnet50"), "completed", 4_090_000_000, 25_500_000,
+                                  error=None, accuracies=[0.3, 0.4]))
+    trained = []
+
+    def confirm(jobs, *, run, **kwargs):  # every job fails as a deterministic failure would, every time
+        trained.append(len(jobs))
+        for j in jobs:
+            run.append_trial(trial_record(f"{j['confirms']}-c{j['seed']}", load_reference("resnet50"), "failed",
+                                          j["flops"], j["params"], error="RuntimeError: boom",
+                                          confirms=j["confirms"], seed=j["seed"]))
+        return 0
+
+    monkeypatch.setattr(nas._confirm, "confirm", confirm)
+    monkeypatch.setattr(nas._loop, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(nas._loop, "slots", lambda *a, **k: 1)
+    config = SearchConfig(budget=4_500_000_000, confirm=1)
+    logs = []
+    for _ in range(3):  # the first session, then two --resume
+        _confirm_phase(config, run=run, data=None, session="s", address=None, resources={"cpu": 1, "gpu": 0},
+                       deadline=None, log=logs.append)
+    assert trained == [2]  # two seeds of one candidate, trained once
+    assert len(summarize(run, config)["failures"]) == 2
+    assert not [line for line in logs if "continue with --resume" in line]
+    assert sum("2 confirmation training(s) failed" in line and "--resume --retry-failed --name run" in line
+               for line in logs) == 3
+    _confirm_phase(config, run=run, data=None, session="s", address=None, resources={"cpu": 1, "gpu": 0},
+                   deadline=None, log=logs.append, retry_failed=True)
+    assert trained == [2, 2]
+
+
+def test_retry_failed_without_resume_is_one_line(capsys):
+    from nas.search import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--budget", "4.5G", "--retry-failed"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--retry-failed goes with --resume" in err[0]
+
+
+# ------------------------------------------------------------------------------------------- the writers
+def test_atomic_write_takes_a_temporary_name_of_its_own(tmp_path):
+    import threading
+
+    from nas.rundir import atomic_write
+
+    target = tmp_path / "config.yaml"
+    (tmp_path / "config.yaml.tmp").mkdir()  # what a fixed temporary name would collide with
+    atomic_write(target, "a: 1\n")
+    assert target.read_text() == "a: 1\n"
+    texts = [f"writer: {i}\n" + "x" * 200_000 for i in range(8)]
+    threads = [threading.Thread(target=atomic_write, args=(target, t)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert target.read_text() in texts  # one writer's whole file, never a mix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "config.yaml.tmp"]  # no temporary left
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_log_lines_and_figures_go_through_the_run_folders_writers(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas._loop import _clock_log
+    from nas.rundir import save_figure
+
+    log_file = tmp_path / "search.log"
+    log_file.write_text("[00:01] a line cut by a crash")  # no newline: torn
+    log = _clock_log(0.0, log_file)
+    log("next")
+    lines = log_file.read_text().splitlines()
+    assert lines[0] == "[00:01] a line cut by a crash" and lines[1].endswith("] next") and len(lines) == 2
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, tmp_path / "front.png")
+    plt.close(fig)
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["front.png", "search.log"]
