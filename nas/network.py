@@ -119,12 +119,20 @@ def build_error(op: str, width: int, params: dict) -> str | None:
     """Why operator ``op`` cannot be built at ``width`` with ``params`` (heads that do not divide the width,
     an unknown keyword, ...), or None when it can: the one check of buildability, on the meta device, that
     the space loader and the proxy's width rounding share."""
-    try:
-        with torch.device("meta"):
-            operators.create_op(op, width, width, 1, **params)
-        return None
-    except (ValueError, TypeError) as exc:
-        return str(exc)
+    # Remembered per (factory, width, parameters): a space of the whole catalog asks about 2,000 of them, at
+    # seconds a load; a re-registered name has another factory, so it is asked anew.
+    key = (operators.get_spec(op).factory, width, repr(sorted(params.items())))
+    if key not in _BUILD_ERRORS:
+        try:
+            with torch.device("meta"):
+                operators.create_op(op, width, width, 1, **params)
+            _BUILD_ERRORS[key] = None
+        except (ValueError, TypeError) as exc:
+            _BUILD_ERRORS[key] = str(exc)
+    return _BUILD_ERRORS[key]
+
+
+_BUILD_ERRORS: dict[tuple, str | None] = {}
 
 
 def scale_width(width: int, mult: float, op: str | None = None, params: dict | None = None) -> int:
