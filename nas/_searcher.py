@@ -13,7 +13,9 @@ Neither kind of duplicate uses up the give-up counter, which counts consecutive 
 
 When a trial ends it is told to Optuna as COMPLETE (all epochs), PRUNED (stopped early by ASHA: kept off the
 front) or FAIL (an error, or ``interrupted``: cut off by the time budget or the end of the run, and put
-back into the study to be trained first by ``--resume``), and appended to ``trials.jsonl``.
+back into the study to be trained first by ``--resume``), and appended to ``trials.jsonl``. A reference
+(``--seed-references``) trains outside the study and is recorded ``ref-NAME``; one that lies in the space is
+added to the study as a finished trial of its own when it ends (``study.add_trial``), never queued.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ operators can be named in a space file, counted, trained and exported. Installed
 offer an ``opmix.operators`` entry point (a module to import), loaded the same way by every command.
 
 A search keeps the modules in its ``config.yaml`` (``imports``): the Ray workers import them before they
-build a candidate (``nas._loop.trainable``), with the modules' folders put on their ``PYTHONPATH``; a
+build a candidate (``nas._trial.trainable``), with the modules' folders put on their ``PYTHONPATH``; a
 ``--resume`` and ``nas.export`` of the run import them again. The export copies the plug-in operator's own
 source into ``model.py`` (``nas._codegen``), so the standalone file still needs only torch.
 """
