@@ -34,6 +34,27 @@ def check_heads(name: str, dim: int, heads: int) -> int:
     return heads
 
 
+def resolve_heads(name: str, dim: int, heads: int | None, head_dim: float, usual: str) -> int:
+    """``heads`` checked against the width ``dim``, or the default for about ``head_dim`` channels a head; a
+    ``head_dim`` below 1 is refused, ``usual`` saying what the paper uses (e.g. "NAT uses 32")."""
+    if not head_dim >= 1:
+        raise ValueError(f"{name}: head_dim={head_dim!r} must be >= 1 ({usual})")
+    return check_heads(name, dim, heads or default_heads(dim, head_dim))
+
+
+def check_int(name: str, key: str, value: object, low: int, usual: str, odd: bool = False) -> None:
+    """Refuse a keyword that is not an integer >= ``low`` (odd too with ``odd``: a kernel or window centred on
+    its pixel); a bool is not an integer here. ``usual`` says what the paper uses."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (odd and value % 2 == 0):
+        raise ValueError(f"{name}: {key}={value!r} must be {'an odd' if odd else 'an'} integer >= {low} ({usual})")
+
+
+def check_positive(name: str, key: str, value: float, usual: str, zero_ok: bool = False) -> None:
+    """Refuse a ratio or scale that is not > 0 (>= 0 with ``zero_ok``, where 0 turns a part off), NaN included."""
+    if not (value >= 0 if zero_ok else value > 0):
+        raise ValueError(f"{name}: {key}={value!r} must be {'>= 0' if zero_ok else '> 0'} ({usual})")
+
+
 def fuse_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d, rows: slice = slice(None)):
     """Fold an eval-mode BatchNorm that follows a linear map (weight, bias) into it; ``rows`` picks the BN
     channels that this map produces when it feeds only part of the BN (a concatenation)."""

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ._attention import local_attention, window_sizes
-from ._layers import NormActMixer, check_heads, default_heads, fuse_bn, init_weights
+from ._layers import NormActMixer, check_heads, default_heads, fuse_bn, init_weights, resolve_heads
 from ._registry import register_op
 from .resnet import Bottleneck
 from .swin import SwinBlock, WindowAttention
@@ -150,7 +150,7 @@ def acmix(in_chs: int, out_chs: int, stride: int = 1, layout: str = "bottleneck"
             return ACmixLocal(mid, s, h, kernel_att, kernel_conv)
         return Bottleneck(in_chs, out_chs, stride, mixer, expansion=expansion, zero_init_last=False)
     if layout == "window":
-        h = check_heads("acmix", out_chs, heads or default_heads(out_chs, head_dim))
+        h = resolve_heads("acmix", out_chs, heads, head_dim, "ACmix-Swin uses 32")
         return SwinBlock(in_chs, out_chs, stride, lambda d: ACmixWindow(d, h, window, shift, kernel_conv),
                          mlp_ratio)
     raise ValueError(f"acmix: layout={layout!r} is not allowed; use 'bottleneck' (ACmix-ResNet) or "

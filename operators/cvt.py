@@ -53,9 +53,10 @@ from ._layers import (
     ConvNormAct,
     LayerNorm2d,
     Mlp,
-    check_heads,
-    default_heads,
+    check_int,
+    check_positive,
     init_weights,
+    resolve_heads,
 )
 from ._registry import register_downsampler, register_op, register_stem
 
@@ -132,15 +133,10 @@ class CvTBlock(nn.Module):
 
 def cvt(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 64,
         mlp_ratio: float = 4.0, kernel_size: int = 3, kv_stride: int = 2) -> nn.Module:
-    if head_dim < 1:
-        raise ValueError(f"cvt: head_dim={head_dim} must be >= 1 (CvT uses 64)")
-    heads = check_heads("cvt", out_chs, heads or default_heads(out_chs, head_dim))
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"cvt: kernel_size={kernel_size} must be odd (CvT uses 3), so that padding keeps the map")
-    if kv_stride < 1:
-        raise ValueError(f"cvt: kv_stride={kv_stride} must be >= 1 (CvT uses 2; 1 keeps every key)")
-    if mlp_ratio <= 0:
-        raise ValueError(f"cvt: mlp_ratio={mlp_ratio} must be > 0 (CvT uses 4)")
+    heads = resolve_heads("cvt", out_chs, heads, head_dim, "CvT uses 64")
+    check_int("cvt", "kernel_size", kernel_size, 1, "CvT uses 3; odd, so that padding keeps the map", odd=True)
+    check_int("cvt", "kv_stride", kv_stride, 1, "CvT uses 2; 1 keeps every key")
+    check_positive("cvt", "mlp_ratio", mlp_ratio, "CvT uses 4")
     return CvTBlock(in_chs, out_chs, stride, heads, mlp_ratio, kernel_size, kv_stride)
 
 

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import check_heads, default_heads, init_weights, trunc_normal_
+from ._layers import check_int, check_positive, init_weights, resolve_heads, trunc_normal_
 from ._registry import register_op
 from .swin import SwinBlock
 
@@ -134,16 +134,13 @@ class ElsaAttention(nn.Module):
 
 def elsa(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 32,
          kernel: int = 7, ghost: str = "add", group_width: int = 8, mlp_ratio: float = 4.0) -> nn.Module:
-    heads = check_heads("elsa", out_chs, heads or default_heads(out_chs, head_dim))
-    if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"elsa: kernel={kernel!r} must be an odd positive integer (the paper uses 7, VOLO 5)")
+    heads = resolve_heads("elsa", out_chs, heads, head_dim, "ELSA-Swin uses 32")
+    check_int("elsa", "kernel", kernel, 1, "the paper uses 7, VOLO 5", odd=True)
     if ghost not in ELSA_GHOST_MODES:
         raise ValueError(f"elsa: ghost={ghost!r} is not one of {', '.join(ELSA_GHOST_MODES)} "
                          f"(ELSA-Swin uses 'add', the ELSA module 'both')")
-    if not isinstance(group_width, int) or group_width < 1:
-        raise ValueError(f"elsa: group_width={group_width!r} must be a positive integer (the paper uses 8)")
-    if mlp_ratio <= 0:
-        raise ValueError(f"elsa: mlp_ratio={mlp_ratio!r} must be positive (ELSA-Swin uses 4, VOLO 3)")
+    check_int("elsa", "group_width", group_width, 1, "the paper uses 8")
+    check_positive("elsa", "mlp_ratio", mlp_ratio, "ELSA-Swin uses 4, VOLO 3")
     return SwinBlock(in_chs, out_chs, stride,
                      lambda d: ElsaAttention(d, heads, kernel, ghost, group_width), mlp_ratio)
 

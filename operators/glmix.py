@@ -67,13 +67,14 @@ from torch import nn
 from ._attention import attend, merge_heads, split_heads
 from ._layers import (
     ConvNormAct,
-    check_heads,
+    check_int,
+    check_positive,
     conv_with,
-    default_heads,
     fold_bn_into_next_conv,
     fuse_bn,
     identity_kernel,
     init_weights,
+    resolve_heads,
 )
 from ._registry import register_downsampler, register_op, register_stem
 
@@ -243,15 +244,11 @@ def glmix(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, 
                          f"use 'glmix_mhsa' to alternate the two within a stage")
     if not isinstance(slots, int) or slots < 1 or math.isqrt(slots) ** 2 != slots:
         raise ValueError(f"glmix: slots={slots!r} must be a square number (an s x s grid: 64 = 8 x 8, 16, 49)")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"glmix: kernel_size={kernel_size} must be odd and positive (the paper uses 5)")
+    check_int("glmix", "kernel_size", kernel_size, 1, "the paper uses 5", odd=True)
     if cpe_kernel < 0 or (cpe_kernel and cpe_kernel % 2 == 0):
         raise ValueError(f"glmix: cpe_kernel={cpe_kernel} must be 0 (no CPE) or odd (GLNet uses 3)")
-    if not mlp_ratio > 0:
-        raise ValueError(f"glmix: mlp_ratio={mlp_ratio} must be > 0 (GLNet uses 3)")
-    if head_dim < 1:
-        raise ValueError(f"glmix: head_dim={head_dim} must be >= 1 (GLNet uses 32)")
-    heads = check_heads("glmix", out_chs, heads or default_heads(out_chs, head_dim))
+    check_positive("glmix", "mlp_ratio", mlp_ratio, "GLNet uses 3")
+    heads = resolve_heads("glmix", out_chs, heads, head_dim, "GLNet uses 32")
     use_mhsa = mixer == "mhsa" or (mixer == "glmix_mhsa" and odd_block)
     return GLMixBlock(in_chs, out_chs, stride, heads, use_mhsa, slots, kernel_size, mlp_ratio, cpe_kernel, mlp_dw)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import LayerNorm2d, Mlp, init_weights
+from ._layers import LayerNorm2d, Mlp, check_int, check_positive, init_weights
 from ._registry import register_op
 from .convnext import PatchDown
 
@@ -116,13 +116,9 @@ def gnconv(in_chs: int, out_chs: int, stride: int = 1, order: int = 3, kernel_si
     if not isinstance(order, int) or isinstance(order, bool) or order not in GNCONV_ORDERS:
         raise ValueError(f"gnconv: order={order!r} must be an integer in 1..5 (HorNet uses 2, 3, 4, 5 over "
                          f"the stages); pass e.g. order=3")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"gnconv: kernel_size={kernel_size!r} must be an odd integer >= 1 (HorNet uses 7); "
-                         f"pass e.g. kernel_size=7")
-    if not mlp_ratio > 0:
-        raise ValueError(f"gnconv: mlp_ratio={mlp_ratio!r} must be > 0 (HorNet uses 4)")
-    if not layer_scale >= 0:
-        raise ValueError(f"gnconv: layer_scale={layer_scale!r} must be >= 0 (0 turns it off; HorNet uses 1e-6)")
+    check_int("gnconv", "kernel_size", kernel_size, 1, "HorNet uses 7", odd=True)
+    check_positive("gnconv", "mlp_ratio", mlp_ratio, "HorNet uses 4")
+    check_positive("gnconv", "layer_scale", layer_scale, "0 turns it off; HorNet uses 1e-6", zero_ok=True)
     return HorNetBlock(in_chs, out_chs, stride, order, kernel_size, mlp_ratio, layer_scale)
 
 

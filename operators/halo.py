@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._attention import attend
-from ._layers import check_heads, default_heads, pool_ceil, trunc_normal_
+from ._layers import check_heads, check_int, default_heads, pool_ceil, trunc_normal_
 from ._registry import register_op
 from .bot import ValueNormMixer
 from .resnet import Bottleneck
@@ -121,16 +121,11 @@ class HaloAttention(ValueNormMixer):
         return self.finish(self.pool(out))
 
 
-def _positive(name: str, value, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"halo: {name}={value!r} must be an integer >= {low}; {hint}")
-
-
 def halo(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, block_size: int = 8,
          halo_size: int = 3, expansion: int = 4) -> nn.Module:
-    _positive("block_size", block_size, 1, "the paper uses block_size=8")
-    _positive("halo_size", halo_size, 0, "the paper uses halo_size=3 (0: non-overlapping blocks)")
-    _positive("expansion", expansion, 1, "ResNet's bottleneck uses expansion=4")
+    check_int("halo", "block_size", block_size, 1, "the paper uses 8")
+    check_int("halo", "halo_size", halo_size, 0, "the paper uses 3; 0: non-overlapping blocks")
+    check_int("halo", "expansion", expansion, 1, "ResNet's bottleneck uses 4")
 
     def mixer(mid: int, s: int) -> nn.Module:
         h = check_heads("halo", mid, heads or default_heads(mid, mid / 8))  # 8 heads, as timm's HaloAttn

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from ._attention import relative_index
-from ._layers import ConvNormAct, default_heads, fuse_bn, pool_ceil
+from ._layers import ConvNormAct, check_int, default_heads, fuse_bn, pool_ceil
 from ._registry import register_op
 from .bot import fold_bn_into_values
 from .resnet import Bottleneck
@@ -188,10 +188,9 @@ def _lesa_heads(mid: int, heads: int | None) -> int:
 
 def lesa(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, expansion: int = 4,
          rel_extent: int = 14) -> nn.Module:
-    for name, value, hint in (("expansion", expansion, "ResNet's bottleneck uses expansion=4"),
-                              ("rel_extent", rel_extent, "the official map size at 224 px is rel_extent=14")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"lesa: {name}={value!r} must be an integer >= 1; {hint}")
+    for name, value, hint in (("expansion", expansion, "ResNet's bottleneck uses 4"),
+                              ("rel_extent", rel_extent, "14, the official map size at 224 px")):
+        check_int("lesa", name, value, 1, hint)
 
     def mixer(mid: int, s: int) -> nn.Module:
         return LesaLayer(mid, s, _lesa_heads(mid, heads), rel_extent)

@@ -56,8 +56,8 @@ from torch import nn
 
 from ._attention import (RelPosBias, WindowAttentionBase, attend, merge_heads, split_heads, window_merge,
                          window_partition)
-from ._layers import (ConvNormAct, Mlp, SqueezeExcite, check_heads, default_heads, fold_bn_into_next_conv,
-                      init_weights, pool_ceil)
+from ._layers import (ConvNormAct, Mlp, SqueezeExcite, check_int, check_positive, fold_bn_into_next_conv, init_weights,
+                      pool_ceil, resolve_heads)
 from ._registry import register_op
 
 
@@ -179,17 +179,14 @@ class MaxVitBlock(nn.Module):
 def maxvit(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 32,
            window: int = 7, grid: int = 7, mlp_ratio: float = 4.0, expansion: float = 4.0,
            se_ratio: float = 0.25, kernel_size: int = 3) -> nn.Module:
-    heads = check_heads("maxvit", out_chs, heads or default_heads(out_chs, head_dim))
+    heads = resolve_heads("maxvit", out_chs, heads, head_dim, "the paper uses 32")
     for name, value in (("window", window), ("grid", grid)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"maxvit: {name}={value!r} must be a positive integer (the paper uses 7)")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"maxvit: kernel_size={kernel_size} must be odd (the paper uses 3)")
+        check_int("maxvit", name, value, 1, "the paper uses 7")
+    check_int("maxvit", "kernel_size", kernel_size, 1, "the paper uses 3", odd=True)
     if not 0 <= se_ratio < 1:
         raise ValueError(f"maxvit: se_ratio={se_ratio} must be in [0, 1) (the paper uses 0.25; 0 drops the SE)")
     for name, value in (("mlp_ratio", mlp_ratio), ("expansion", expansion)):
-        if value <= 0:
-            raise ValueError(f"maxvit: {name}={value} must be positive (the paper uses 4)")
+        check_positive("maxvit", name, value, "the paper uses 4")
     return MaxVitBlock(in_chs, out_chs, stride, heads, window, grid, mlp_ratio, expansion, se_ratio, kernel_size)
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from ._layers import (
     ConvNormAct,
     SqueezeExcite,
+    check_int,
     fold_bn_into_next_conv,
     init_weights,
     pool_ceil,
@@ -79,8 +80,7 @@ class MBConv(nn.Module):
 
 def mbconv(in_chs: int, out_chs: int, stride: int = 1, expansion: float = 4.0, se_ratio: float = 0.25,
            kernel_size: int = 3, attn: str | None = None) -> nn.Module:
-    if kernel_size % 2 == 0:
-        raise ValueError(f"mbconv: kernel_size={kernel_size} must be odd (3, 5, 7)")
+    check_int("mbconv", "kernel_size", kernel_size, 1, "EfficientNet uses 3 and 5", odd=True)
     factory = attention_factory("mbconv", attn)  # validates attn
     return MBConv(in_chs, out_chs, stride, expansion, se_ratio, kernel_size, None if attn == "se" else factory)
 

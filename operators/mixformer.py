@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._attention import RelPosBias, window_attention
-from ._layers import ConvNormAct, LayerNorm2d, Mlp, fuse_bn, init_weights
+from ._layers import ConvNormAct, LayerNorm2d, Mlp, check_int, check_positive, fuse_bn, init_weights
 from ._registry import register_op, register_stem
 
 MIXFORMER_PAPER = "Chen et al., MixFormer: Mixing Features across Windows and Dimensions, CVPR 2022"
@@ -231,18 +231,14 @@ def mixformer(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = No
         raise ValueError(f"mixformer: width {out_chs} is odd; half the channels go to attention, so pass an "
                          f"even width")
     half = out_chs // 2
-    if head_dim < 1:
-        raise ValueError(f"mixformer: head_dim={head_dim} must be >= 1 (the paper uses 8)")
+    check_int("mixformer", "head_dim", head_dim, 1, "the paper uses 8")
     heads = heads or max(1, half // head_dim)
     if heads < 1 or half % heads:
         raise ValueError(f"mixformer: heads={heads} must be a positive divisor of the attention width {half} "
                          f"(half of {out_chs}); pass heads= a divisor of {half}, or leave it to the default")
-    if window < 1:
-        raise ValueError(f"mixformer: window={window} must be >= 1 (the paper uses 7)")
-    if dw_kernel < 1 or dw_kernel % 2 == 0:
-        raise ValueError(f"mixformer: dw_kernel={dw_kernel} must be a positive odd size (the paper uses 3)")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mixformer: mlp_ratio={mlp_ratio} must be > 0 (the paper uses 4)")
+    check_int("mixformer", "window", window, 1, "the paper uses 7")
+    check_int("mixformer", "dw_kernel", dw_kernel, 1, "the paper uses 3", odd=True)
+    check_positive("mixformer", "mlp_ratio", mlp_ratio, "the paper uses 4")
     return MixFormerBlock(in_chs, out_chs, stride, heads, window, mlp_ratio, dw_kernel)
 
 

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._attention import attend, merge_heads
-from ._layers import Mlp, check_heads, default_heads, init_weights, trunc_normal_
+from ._layers import Mlp, check_int, check_positive, init_weights, resolve_heads, trunc_normal_
 from ._registry import register_op, register_stem
 
 MVIT_LN_EPS = 1e-6  # the official norm_layer: LayerNorm(eps=1e-6), in the blocks and the pooling
@@ -167,19 +167,16 @@ class MViTBlock(nn.Module):
 def mvit(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 96,
          mlp_ratio: float = 4.0, kv_stride: int | None = None, kv_size: int = 14, pool_kernel: int = 3,
          rel_extent: int = 56) -> nn.Module:
-    heads = check_heads("mvit", out_chs, heads or default_heads(out_chs, head_dim))
     if kv_stride is not None and (isinstance(kv_stride, bool) or not isinstance(kv_stride, int) or kv_stride < 1):
         raise ValueError(f"mvit: kv_stride={kv_stride!r} must be a positive integer or None (None adapts it to "
                          f"the map: k/v about kv_size a side, MViTv2's 4/2/1/1 at 224 px)")
     for name, value, hint in (("kv_size", kv_size, "14, MViTv2's k/v side at 224 px"),
                               ("rel_extent", rel_extent, "56, the stage-1 map at 224 px"),
                               ("head_dim", head_dim, "96, MViTv2's")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"mvit: {name}={value!r} must be a positive integer (the default is {hint})")
-    if isinstance(pool_kernel, bool) or not isinstance(pool_kernel, int) or pool_kernel < 1 or pool_kernel % 2 == 0:
-        raise ValueError(f"mvit: pool_kernel={pool_kernel!r} must be a positive odd integer (MViTv2 uses 3)")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mvit: mlp_ratio={mlp_ratio!r} must be > 0 (MViTv2 uses 4)")
+        check_int("mvit", name, value, 1, f"the default is {hint}")
+    heads = resolve_heads("mvit", out_chs, heads, head_dim, "MViTv2 uses 96")
+    check_int("mvit", "pool_kernel", pool_kernel, 1, "MViTv2 uses 3", odd=True)
+    check_positive("mvit", "mlp_ratio", mlp_ratio, "MViTv2 uses 4")
     return MViTBlock(in_chs, out_chs, stride, heads, mlp_ratio, kv_stride, kv_size, pool_kernel, rel_extent)
 
 

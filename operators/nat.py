@@ -51,9 +51,10 @@ from ._attention import merge_heads
 from ._layers import (
     LayerNorm2d,
     Mlp,
-    check_heads,
-    default_heads,
+    check_int,
+    check_positive,
     init_weights,
+    resolve_heads,
     trunc_normal_,
 )
 from ._registry import register_downsampler, register_op, register_stem
@@ -208,15 +209,10 @@ class NATBlock(nn.Module):
 
 def nat(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 32,
         kernel: int = 7, mlp_ratio: float = 3.0, layer_scale: float = 0.0) -> nn.Module:
-    if head_dim < 1:
-        raise ValueError(f"nat: head_dim={head_dim} must be >= 1 (NAT uses 32)")
-    heads = check_heads("nat", out_chs, heads or default_heads(out_chs, head_dim))
-    if not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
-        raise ValueError(f"nat: kernel={kernel!r} must be an odd integer >= 3 (NAT uses 7); pass e.g. kernel=7")
-    if not mlp_ratio > 0:
-        raise ValueError(f"nat: mlp_ratio={mlp_ratio!r} must be > 0 (NAT-T uses 3, NAT-S/B 2)")
-    if not layer_scale >= 0:
-        raise ValueError(f"nat: layer_scale={layer_scale!r} must be >= 0 (0 turns it off; NAT-S/B use 1e-5)")
+    heads = resolve_heads("nat", out_chs, heads, head_dim, "NAT uses 32")
+    check_int("nat", "kernel", kernel, 3, "NAT uses 7", odd=True)
+    check_positive("nat", "mlp_ratio", mlp_ratio, "NAT-T uses 3, NAT-S/B 2")
+    check_positive("nat", "layer_scale", layer_scale, "0 turns it off; NAT-S/B use 1e-5", zero_ok=True)
     return NATBlock(in_chs, out_chs, stride, heads, kernel, mlp_ratio, layer_scale)
 
 

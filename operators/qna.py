@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import LayerNorm2d, Mlp, check_heads, default_heads, init_weights
+from ._layers import LayerNorm2d, Mlp, check_int, check_positive, init_weights, resolve_heads
 from ._registry import register_op
 
 class QnAttention(nn.Module):
@@ -155,15 +155,10 @@ class QnABlock(nn.Module):
 
 def qna(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 8,
         queries: int = 2, window: int = 3, mlp_ratio: float = 4.0) -> nn.Module:
-    if head_dim < 1:
-        raise ValueError(f"qna: head_dim={head_dim} must be >= 1 (QnA-ViT uses 8)")
-    heads = check_heads("qna", out_chs, heads or default_heads(out_chs, head_dim))
-    if not isinstance(window, int) or window < 1 or window % 2 == 0:
-        raise ValueError(f"qna: window={window!r} must be an odd integer >= 1 (QnA-ViT uses 3, its 7x7 variant 7)")
-    if not isinstance(queries, int) or queries < 1:
-        raise ValueError(f"qna: queries={queries!r} must be an integer >= 1 (the official code uses 2)")
-    if mlp_ratio <= 0:
-        raise ValueError(f"qna: mlp_ratio={mlp_ratio!r} must be > 0 (the paper uses 4)")
+    heads = resolve_heads("qna", out_chs, heads, head_dim, "QnA-ViT uses 8")
+    check_int("qna", "window", window, 1, "QnA-ViT uses 3, its 7x7 variant 7", odd=True)
+    check_int("qna", "queries", queries, 1, "the official code uses 2")
+    check_positive("qna", "mlp_ratio", mlp_ratio, "the paper uses 4")
     return QnABlock(in_chs, out_chs, stride, heads, queries, window, mlp_ratio)
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import pool_ceil
+from ._layers import check_int, pool_ceil
 from ._registry import register_op
 from .bot import ValueNormMixer
 from .resnet import Bottleneck
@@ -112,11 +112,8 @@ def sasa_heads(dim: int, heads: int | None) -> int:
 
 def sasa(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, kernel: int = 7,
          expansion: int = 4) -> nn.Module:
-    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"sasa: kernel={kernel!r} must be an odd positive integer (centred neighbourhood); "
-                         f"the paper uses kernel=7")
-    if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
-        raise ValueError(f"sasa: expansion={expansion!r} must be a positive integer; ResNet uses expansion=4")
+    check_int("sasa", "kernel", kernel, 1, "a centred neighbourhood; the paper uses 7", odd=True)
+    check_int("sasa", "expansion", expansion, 1, "ResNet's bottleneck uses 4")
 
     def mixer(mid: int, s: int) -> nn.Module:
         return SASAttention(mid, s, sasa_heads(mid, heads), kernel)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._attention import WindowAttentionBase, window_attention
-from ._layers import Mlp, check_heads, default_heads, init_weights
+from ._layers import Mlp, init_weights, resolve_heads
 from ._registry import register_op
 
 
@@ -83,7 +83,7 @@ class SwinBlock(nn.Module):
 
 def swin(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 32,
          window: int = 7, shift: bool = False, mlp_ratio: float = 4.0) -> nn.Module:
-    heads = check_heads("swin", out_chs, heads or default_heads(out_chs, head_dim))
+    heads = resolve_heads("swin", out_chs, heads, head_dim, "Swin uses 32")
     if window < 1:
         raise ValueError(f"swin: window={window} must be >= 1 (the paper uses 7)")
     return SwinBlock(in_chs, out_chs, stride, lambda d: WindowAttention(d, heads, window, shift), mlp_ratio)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._attention import RelPosBias, attend, merge_heads, split_heads
-from ._layers import LayerNorm2d, Mlp, check_heads, default_heads, init_weights, pool_ceil
+from ._layers import LayerNorm2d, Mlp, init_weights, pool_ceil, resolve_heads
 from ._registry import register_op
 
 
@@ -48,7 +48,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None,
                  head_dim: int = 32, mlp_ratio: float = 4.0, rel_extent: int = 14):
         super().__init__()
-        heads = check_heads("transformer", out_chs, heads or default_heads(out_chs, head_dim))
+        heads = resolve_heads("transformer", out_chs, heads, head_dim, "the default is 32")
         self.norm1 = LayerNorm2d(in_chs)
         self.pool = pool_ceil(stride)
         self.attn = GlobalRelAttention(in_chs, out_chs, heads, rel_extent)

@@ -51,10 +51,10 @@ from torch import nn
 from ._attention import attend, merge_heads, split_heads
 from ._layers import (
     Mlp,
-    check_heads,
-    default_heads,
+    check_positive,
     fold_bn_into_next_conv,
     init_weights,
+    resolve_heads,
 )
 from ._registry import register_downsampler, register_op, register_stem
 from .stems import PatchEmbed
@@ -161,11 +161,8 @@ def uniformer(in_chs: int, out_chs: int, stride: int = 1, mixer: str = "local", 
     if mixer not in UNIFORMER_MIXERS:
         raise ValueError(f"uniformer: mixer={mixer!r} is not one of {', '.join(UNIFORMER_MIXERS)}; use 'local' "
                          f"(depthwise 5x5 aggregator) or 'global' (self-attention)")
-    if head_dim < 1:
-        raise ValueError(f"uniformer: head_dim={head_dim} must be >= 1 (UniFormer uses 64)")
-    heads = check_heads("uniformer", out_chs, heads or default_heads(out_chs, head_dim))
-    if mlp_ratio <= 0:
-        raise ValueError(f"uniformer: mlp_ratio={mlp_ratio} must be > 0 (UniFormer uses 4)")
+    heads = resolve_heads("uniformer", out_chs, heads, head_dim, "UniFormer uses 64")
+    check_positive("uniformer", "mlp_ratio", mlp_ratio, "UniFormer uses 4")
     return UniFormerBlock(in_chs, out_chs, stride, mixer, heads, mlp_ratio)
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import ConvNormAct, conv_with
+from ._layers import ConvNormAct, check_int, conv_with
 from ._registry import register_op
 from .resnet import Bottleneck
 
@@ -95,8 +95,7 @@ class XVolution(nn.Module):
 
 def xvolution(in_chs: int, out_chs: int, stride: int = 1, kernel_size: int = 3, shift: int = 1,
               expansion: int = 4) -> nn.Module:
-    if kernel_size % 2 == 0:
-        raise ValueError(f"xvolution: kernel_size={kernel_size} must be odd (the paper uses 3)")
+    check_int("xvolution", "kernel_size", kernel_size, 1, "the paper uses 3", odd=True)
     if not 1 <= shift <= kernel_size // 2:
         raise ValueError(f"xvolution: shift={shift} must be between 1 and kernel_size // 2 = {kernel_size // 2} "
                          f"so that the shifted taps lie inside the kernel (the deploy merge needs it); use "

@@ -173,7 +173,7 @@ def test_init_as_the_official_code():
 
 
 @pytest.mark.parametrize("bad,match", [({"kernel": 4}, "odd"), ({"ghost": "sum"}, "not one of"),
-                                       ({"heads": 5}, "divisor"), ({"group_width": 0}, "positive")])
+                                       ({"heads": 5}, "divisor"), ({"group_width": 0}, "an integer >= 1")])
 def test_bad_keywords_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         operators.create_op("elsa", 32, 32, **bad)

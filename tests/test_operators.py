@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,38 @@ def test_bad_arguments_are_refused(bad):
 def test_heads_that_do_not_divide_the_width_are_refused(name):
     with pytest.raises(ValueError, match="divisor of 96"):
         operators.create_op(name, 96, 96, heads=5)
+
+
+HEAD_DIM_OPS = ["acmix", "cvt", "elsa", "glmix", "maxvit", "mixformer", "mvit", "nat", "qna", "swin",
+                "transformer", "uniformer"]
+ODD_SIZES = [("cvt", "kernel_size"), ("elsa", "kernel"), ("glmix", "kernel_size"), ("gnconv", "kernel_size"),
+             ("maxvit", "kernel_size"), ("mbconv", "kernel_size"), ("mixformer", "dw_kernel"), ("mvit", "pool_kernel"),
+             ("nat", "kernel"), ("qna", "window"), ("sasa", "kernel"), ("xvolution", "kernel_size")]
+
+
+@pytest.mark.parametrize("name", HEAD_DIM_OPS)
+def test_a_head_dim_below_one_is_refused_in_one_line(name):
+    """Not a division by zero deep in the default head count: the op, the keyword and the paper's value."""
+    kw = {"layout": "window"} if name == "acmix" else {}
+    with pytest.raises(ValueError, match=rf"^{name}: head_dim=0 must be (an integer )?>= 1 \(.+\)$"):
+        operators.create_op(name, 32, 32, head_dim=0, **kw)
+
+
+@pytest.mark.parametrize("value", [4, True, 3.0])
+@pytest.mark.parametrize("name,key", ODD_SIZES)
+def test_a_kernel_or_window_must_be_an_odd_integer(name, key, value):
+    """A centred kernel or window has an odd integer size: an even one, a bool or a float is refused."""
+    pattern = rf"^{name}: {key}={re.escape(repr(value))} must be an odd integer >= \d+ \(.+\)$"
+    with pytest.raises(ValueError, match=pattern):
+        operators.create_op(name, 32, 32, **{key: value})
+
+
+@pytest.mark.parametrize("name,key,value", [("nat", "mlp_ratio", 0.0), ("qna", "mlp_ratio", -1.0),
+                                            ("gnconv", "layer_scale", -1e-6), ("nat", "layer_scale", float("nan")),
+                                            ("mvit", "mlp_ratio", float("nan")), ("maxvit", "expansion", 0)])
+def test_a_ratio_or_scale_out_of_range_is_refused(name, key, value):
+    with pytest.raises(ValueError, match=rf"^{name}: {key}={re.escape(repr(value))} must be >=? ?0 \(.+\)$"):
+        operators.create_op(name, 32, 32, **{key: value})
 
 
 def test_registering_a_name_twice_is_refused():
