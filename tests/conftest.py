@@ -19,3 +19,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One Ray on this machine for every search that runs in this process (``nas.search.main``, ``search``,
+    ``nas.calibrate``): each finds it running and joins it, so only the first pays for Ray's start. Shut down
+    when the session ends."""
+    import ray
+
+    from nas.cluster import start_ray
+
+    start_ray(None)
+    yield
+    ray.shutdown()

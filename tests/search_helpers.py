@@ -1,11 +1,16 @@
-"""Small data and a small space for tests that run real searches."""
+"""Small data, a small space and the ways to run a command for tests that run real searches."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import struct
+import subprocess
+import sys
 import textwrap
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -50,8 +55,47 @@ def write_space(folder: Path, text: str = MINI_SPACE) -> Path:
     return path
 
 
+def small_args(workdir: Path, *extra, confirm: int | None = 0) -> list[str]:
+    """A tiny search's flags over ``workdir``'s ``mini.yaml``, ``data`` and ``runs``; ``confirm=None`` leaves
+    --confirm out (a resume keeps the run's own)."""
+    return ["--budget", "80M", "--space", str(workdir / "mini.yaml"), "--epochs", "2", "--max-train", "128",
+            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra,
+            *([] if confirm is None else ["--confirm", str(confirm)])]
+
+
 def clean_env(*, drop: tuple[str, ...] = (), **extra) -> dict:
     """This process's environment without the RAY_* variables that an in-process ray.init leaves behind
     (RAY_AUTH_MODE and the like, which would make a new Ray expect a token it cannot find), without the
     variables named in ``drop``, and with ``extra`` added."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k not in drop}, **extra}
+
+
+def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m nas.search ARGS`` in a fresh interpreter with its own Ray: for what only a real process shows
+    (the console's exit code, a signal, a driver killed with its Ray). Anything else runs in-process
+    (``run_cli``), which saves the interpreter, the imports and the start of Ray."""
+    return subprocess.run([sys.executable, "-m", "nas.search", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=clean_env(**(env_extra or {})))
+
+
+def run_cli(main: Callable[[list[str] | None], None], *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A command's ``main(argv)`` (``nas.search.main``, ``nas.export.main``, ...) run in this process (in the
+    folder ``cwd``, if given), its exit code and printed text returned as ``subprocess.run`` returns a child's:
+    the same one-line errors and exit codes, read without starting a Python. A bug (any exception but
+    ``SystemExit``) propagates as its traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess([main.__module__, *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def search_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m nas.search ARGS`` run in this process (``run_cli``); a search joins the Ray already running
+    here (the ``local_ray`` fixture's)."""
+    import nas.search
+
+    return run_cli(nas.search.main, *args, cwd=cwd)

@@ -25,22 +25,11 @@ pytest.importorskip(default_driver(), reason=f"the PostgreSQL driver {default_dr
                     f"pip install -e '.[postgres]'")
 
 import optuna
-from search_helpers import clean_env, write_space, write_tiny_fashion
+from search_helpers import clean_env, run_cli, search_cli, small_args, write_space, write_tiny_fashion
 
 from nas.rundir import RunDir
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-def small_args(workdir: Path, *extra, confirm: int | None = 0) -> list[str]:
-    return ["--budget", "80M", "--space", str(workdir / "mini.yaml"), "--epochs", "2", "--max-train", "128",
-            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra,
-            *([] if confirm is None else ["--confirm", str(confirm)])]
-
-
-def run_search(*args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.search", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=clean_env())
 
 
 def output(result) -> str:
@@ -161,17 +150,17 @@ def test_two_concurrent_searches_keep_their_own_studies(two_runs, url):
     assert sorted(names) == sorted(c["study_name"] for c in configs.values())
 
 
-def test_resume_on_the_database_grows_the_runs_own_study(two_runs, url, workdir):
+def test_resume_on_the_database_grows_the_runs_own_study(two_runs, url, workdir, local_ray):
     run = two_runs["alpha"]
     config, before = config_of(run), candidates(run)
     study_before = optuna.load_study(study_name=config["study_name"], storage=url)
     n_before = len(study_before.trials)
     names_before = sorted(optuna.get_all_study_names(storage=url))
     args = small_args(workdir, "--name", "alpha", "--resume", "--trials", "5", confirm=None)
-    refused = run_search(*args, cwd=workdir)  # the run's config.yaml names its database, but not the password
+    refused = search_cli(*args)  # the run's config.yaml names its database, but not the password
     assert refused.returncode == 2 and "pass --storage with the full URL" in refused.stderr, output(refused)
     assert candidates(run) == before
-    result = run_search(*args, "--storage", _with_password(url), cwd=workdir)
+    result = search_cli(*args, "--storage", _with_password(url))
     assert result.returncode == 0, output(result)
     assert config_of(run) == config
     after = candidates(run)
@@ -194,9 +183,10 @@ def test_resume_on_the_database_grows_the_runs_own_study(two_runs, url, workdir)
 def test_pareto_of_a_postgres_run_agrees_with_optuna(two_runs, url):
     from nas.pareto import analyze
 
+    import nas.pareto
+
     run = two_runs["beta"]
-    result = subprocess.run([sys.executable, "-m", "nas.pareto", str(run), "--json"], capture_output=True,
-                            text=True, timeout=120, env=clean_env())
+    result = run_cli(nas.pareto.main, run, "--json")
     assert result.returncode == 0, result.stderr
     ours = json.loads(result.stdout)
     recs = RunDir(run).read_trials()

@@ -1,29 +1,32 @@
-"""python -m nas.search: bad input, a tiny real search, resume, failures, the confirmation rung."""
+"""python -m nas.search: bad input, a tiny real search, resume, failures, the confirmation rung.
+
+The commands run in this process (``run_cli``) and their searches in the session's one Ray (``local_ray``);
+a fresh ``python -m nas.search`` only where a test needs a real process: the console's exit code, and a
+driver killed with the Ray it started."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from nas.storage import storage_to_resume, storage_to_store
+import nas.export
+import nas.pareto
 from nas.errors import OpmixError
 from nas.rundir import RunDir
-from search_helpers import clean_env, write_space, write_tiny_fashion
+from nas.storage import storage_to_resume, storage_to_store
+from search_helpers import (clean_env, run_cli, run_search, search_cli, small_args, write_space,
+                            write_tiny_fashion)
 
 REQUIRED = {"trial_id", "status", "flops", "params", "accuracy", "epochs", "arch", "error", "timings"}
-
-
-def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 600):
-    env = clean_env(**(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "nas.search", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,6 @@ def workdir(tmp_path_factory):
     write_tiny_fashion(root / "data")
     write_space(root)
     return root
-
-
-def small_args(workdir, *extra, confirm: int | None = 0):
-    """A tiny search's flags; ``confirm=None`` leaves --confirm out (a resume keeps the run's own)."""
-    return ["--budget", "80M", "--space", str(workdir / "mini.yaml"), "--epochs", "2", "--max-train", "128",
-            "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra,
-            *([] if confirm is None else ["--confirm", str(confirm)])]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -54,22 +50,30 @@ def small_args(workdir, *extra, confirm: int | None = 0):
     (["--budget", "1G", "--confirm", "-1"], "--confirm -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
-    result = run_search(*args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    result = search_cli(*args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_the_console_command_says_bad_input_in_one_line_and_exits_2(tmp_path):
+    """The same, through a real ``python -m nas.search``: its exit code and stderr as a shell sees them."""
+    result = run_search("--budget", "4.5GB", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "4.5GFLOPs" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_runs_dir_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_search("--budget", "1G", "--runs-dir", str(blocker / "runs"), cwd=tmp_path)
+    result = search_cli("--budget", "1G", "--runs-dir", str(blocker / "runs"), cwd=tmp_path)
     assert result.returncode == 2 and "cannot be written" in result.stderr
 
 
 @pytest.fixture(scope="module")
-def finished_run(workdir):
-    result = run_search(*small_args(workdir, "--trials", "3", "--name", "tiny", "--seed", "1"), cwd=workdir)
+def finished_run(workdir, local_ray):
+    result = search_cli(*small_args(workdir, "--trials", "3", "--name", "tiny", "--seed", "1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir / "runs" / "tiny", result
 
@@ -158,13 +162,13 @@ def test_a_trial_through_ray_equals_the_same_training_in_process(finished_run, w
 def test_existing_name_without_resume_is_refused_and_untouched(finished_run, workdir):
     run, _ = finished_run
     before = (run / "trials.jsonl").read_text(), (run / "config.yaml").read_text()
-    result = run_search(*small_args(workdir, "--trials", "3", "--name", "tiny"), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--trials", "3", "--name", "tiny"))
     assert result.returncode == 2 and "--resume --name tiny" in result.stderr
     assert ((run / "trials.jsonl").read_text(), (run / "config.yaml").read_text()) == before
 
 
 def test_resume_refuses_a_contradicting_flag(finished_run, workdir):
-    result = run_search(*small_args(workdir, "--name", "tiny", "--resume", "--sampler", "random"), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--name", "tiny", "--resume", "--sampler", "random"))
     assert result.returncode == 2 and "sampler was 'tpe'" in result.stderr
 
 
@@ -189,7 +193,7 @@ def test_a_storage_password_stays_out_of_the_run_folder():
 def test_resume_trains_only_new_candidates(finished_run, workdir):
     run, _ = finished_run
     before = records(run)
-    result = run_search(*small_args(workdir, "--name", "tiny", "--resume", "--trials", "5"), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--name", "tiny", "--resume", "--trials", "5"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = records(run)
     assert after[:len(before)] == before  # nothing finished is lost or rewritten
@@ -202,10 +206,8 @@ def test_resume_trains_only_new_candidates(finished_run, workdir):
                                                                                               resumed)
 
 
-def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path, workdir):
+def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path, workdir, local_ray):
     """'boom' exists only in this process: the Ray workers cannot build it, a real build error there."""
-    import ray
-
     import operators
     from nas.rundir import RunDir
     from nas.search import SearchConfig, search
@@ -221,10 +223,7 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path,
                           max_train=64, sampler="random", seed=3, confirm=0)
     run = RunDir(tmp_path / "run")
     run.write_config({})
-    try:
-        summary = search(config, run=run, log=lambda message: None)
-    finally:
-        ray.shutdown()
+    summary = search(config, run=run, log=lambda message: None)
     recs = run.read_trials()
     failed = [r for r in recs if r["status"] == "failed"]
     brief = [(r["status"], r["arch"]["stages"][0]["op"], r["error"]) for r in recs]
@@ -235,8 +234,11 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(tmp_path,
     assert summary["failures"] == failed
 
 
+@pytest.mark.slow  # two `ray start` nodes and a search of its own: a minute or more on 2 cores
 def test_search_across_two_ray_nodes(tmp_path, workdir):
-    """A Ray head and a second worker node on 127.0.0.1, one CPU each: trials run on both."""
+    """A Ray head and a second worker node on 127.0.0.1, one CPU each: trials run on both.
+
+    ``ray stop --force`` ends every Ray on the machine, the session's too: run it alone (``-m slow``)."""
     import socket
 
     ray_cli = str(Path(sys.executable).parent / "ray")
@@ -265,14 +267,11 @@ def test_search_across_two_ray_nodes(tmp_path, workdir):
     assert "2 at a time" in result.stdout
 
 
-def test_resume_after_the_driver_is_killed(workdir):
+def test_resume_after_the_driver_is_killed(workdir, local_ray):
     """SIGKILL to the driver (and the Ray it started) mid-search; --resume keeps and never repeats a trial."""
-    import signal
-    import time
-
     args = small_args(workdir, "--trials", "4", "--name", "killed", "--no-early-stop", "--epochs", "3")
     proc = subprocess.Popen([sys.executable, "-m", "nas.search", *args], cwd=workdir, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
     run = workdir / "runs" / "killed"
     deadline = time.time() + 300
     try:
@@ -281,12 +280,10 @@ def test_resume_after_the_driver_is_killed(workdir):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the search ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
     finally:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+        kill_group(proc)
     before = records(run)
-    result = run_search(*small_args(workdir, "--name", "killed", "--resume", "--epochs", "3"), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--name", "killed", "--resume", "--epochs", "3"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = records(run)
     assert after[:len(before)] == before
@@ -295,6 +292,24 @@ def test_resume_after_the_driver_is_killed(workdir):
     assert sum(r["status"] != "infeasible" for r in after) == 4
     study = optuna.load_study(study_name=study_name(run), storage=f"sqlite:///{run / 'study.db'}")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to ``proc``'s process group, the driver and the Ray it started (Ray's processes stay in the
+    driver's group), and wait until none of them is left: only this search's Ray, never the session's or
+    another's (as ``ray stop`` would)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
 
 
 def test_asha_stops_trailing_candidates_but_never_a_reference():
@@ -321,11 +336,10 @@ def test_asha_stops_trailing_candidates_but_never_a_reference():
     assert with_refs == [TrialScheduler.CONTINUE] * 6
 
 
-def test_seed_references_trains_those_within_the_budget_first_and_confirms_them(tmp_path, workdir):
-    result = run_search("--budget", "4.2GFLOPs", "--space", str(workdir / "mini.yaml"), "--epochs", "1",
+def test_seed_references_trains_those_within_the_budget_first_and_confirms_them(tmp_path, workdir, local_ray):
+    result = search_cli("--budget", "4.2GFLOPs", "--space", str(workdir / "mini.yaml"), "--epochs", "1",
                         "--max-train", "64", "--data-dir", str(workdir / "data"), "--runs-dir", str(tmp_path),
-                        "--trials", "1", "--name", "refs", "--seed-references", "--no-early-stop", "--confirm", "1",
-                        cwd=workdir)
+                        "--trials", "1", "--name", "refs", "--seed-references", "--no-early-stop", "--confirm", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     recs = records(tmp_path / "refs")
     proxies = [r for r in recs if r["status"] != "confirmed"]
@@ -354,8 +368,7 @@ def test_pareto_of_a_real_run_agrees_with_optuna(finished_run):
     from nas.pareto import analyze
 
     run, _ = finished_run
-    result = subprocess.run([sys.executable, "-m", "nas.pareto", str(run), "--json"], capture_output=True,
-                            text=True, timeout=120)
+    result = run_cli(nas.pareto.main, run, "--json")
     assert result.returncode == 0, result.stderr
     ours = json.loads(result.stdout)
     recs = records(run)
@@ -377,8 +390,7 @@ def test_export_of_a_real_run(finished_run, tmp_path):
 
     run, _ = finished_run
     best = analyze(records(run), 80e6)["best"]
-    result = subprocess.run([sys.executable, "-m", "nas.export", str(run), "--out", str(tmp_path / "export")],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli(nas.export.main, run, "--out", tmp_path / "export")
     assert result.returncode == 0, result.stderr
     assert load_arch(tmp_path / "export" / "arch.yaml") == Arch.from_dict(best["arch"])
     assert f"{best['flops'] / 1e9:.3f} G" in (tmp_path / "export" / "README.md").read_text()
@@ -386,11 +398,10 @@ def test_export_of_a_real_run(finished_run, tmp_path):
 
 # ------------------------------------------------------------------------------------------ the confirmation rung
 @pytest.fixture(scope="module")
-def confirmed_run(workdir):
+def confirmed_run(workdir, local_ray):
     # TPE's proposals after its start-up depend on which trial ends first, so the front varies a little from
     # run to run; the tests derive the candidates from the records (two or three on the front, as seen here)
-    result = run_search(*small_args(workdir, "--trials", "4", "--name", "confirmed", "--no-early-stop", confirm=2),
-                        cwd=workdir)
+    result = search_cli(*small_args(workdir, "--trials", "4", "--name", "confirmed", "--no-early-stop", confirm=2))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir / "runs" / "confirmed", result
 
@@ -451,20 +462,19 @@ def test_a_confirmation_is_the_same_training_in_process(confirmed_run, workdir):
 def test_pareto_and_export_of_a_confirmed_run(confirmed_run, tmp_path):
     run, _ = confirmed_run
     means = _means(records(run))
-    result = subprocess.run([sys.executable, "-m", "nas.pareto", str(run)], capture_output=True, text=True,
-                            timeout=120)
+    result = run_cli(nas.pareto.main, run)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.split("Confirmed (")[1].splitlines()
             if "±" in line and "mean ± sd" not in line]
     assert len(rows) == len(means) and sum(row.startswith("*") for row in rows) == 1
     assert all(row[0] in "*~ " for row in rows)
-    assert "the pick " in result.stdout and "rough noise estimate" in result.stdout
+    statement = " ".join(result.stdout.split())  # the noise statement wraps at 118 columns
+    assert "the pick " in statement and "2 seeds per candidate; seed sd" in statement  # what "noise" rests on
     data = json.loads((run / "pareto.json").read_text())
     assert {e["trial_id"]: e["mean"] for e in data["confirmed"]} == pytest.approx(means)
     pick = next(e for e in data["confirmed"] if e["recommended"])
     assert data["recommended"] == pick["trial_id"] and pick["seeds"] == [0, 1]
-    result = subprocess.run([sys.executable, "-m", "nas.export", str(run), "--out", str(tmp_path / "export")],
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli(nas.export.main, run, "--out", tmp_path / "export")
     assert result.returncode == 0, result.stderr
     from nas.arch import Arch, load_arch
 
@@ -481,7 +491,7 @@ def test_resume_reruns_only_a_confirmation_cut_off(confirmed_run, workdir):
     lost = json.loads(lines[cut])
     (run / "trials.jsonl").write_text("".join(lines[:cut] + lines[cut + 1:]))
     before = records(run)
-    result = run_search(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = records(run)
     assert after[:len(before)] == before and len(after) == len(before) + 1
@@ -490,5 +500,5 @@ def test_resume_reruns_only_a_confirmation_cut_off(confirmed_run, workdir):
     assert again["accuracies"] == lost["accuracies"]  # the same training: (arch, seed, settings)
     assert sorted(p.name for p in (run / "ray").iterdir()) == ["session-1", "session-1-confirm", "session-2-confirm"]
     # and once every confirmation has its record, a resume trains nothing
-    result = run_search(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None), cwd=workdir)
+    result = search_cli(*small_args(workdir, "--name", "confirmed", "--resume", confirm=None))
     assert result.returncode == 0 and records(run) == after and "nothing left to confirm" in result.stdout

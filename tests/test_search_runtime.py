@@ -4,22 +4,20 @@ give-up counters and their messages), interrupted and failed trials, the TPE set
 
 The searcher is driven here as Ray Tune drives it (``suggest``, ``on_trial_result``, ``on_trial_complete``)
 over an in-memory Optuna study and a fake ``measure`` that counts its calls; ``study.enqueue_trial`` makes the
-sampler propose exactly the networks a test needs. A few tests run real (tiny) searches, in process or
-through ``python -m nas.search``.
+sampler propose exactly the networks a test needs. A few tests run real (tiny) searches in this process, the
+library's ``search`` or the command line's ``main``, in the session's one Ray.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
-from search_helpers import clean_env, write_space, write_tiny_fashion
+from search_helpers import search_cli, write_space, write_tiny_fashion
 
 import nas._searcher
 from nas._searcher import BudgetSearcher, CandidateASHA
@@ -377,19 +375,9 @@ def _ray_failures(run: RunDir) -> dict[str, int]:
     return out
 
 
-@pytest.fixture(scope="class")
-def in_process_ray():
-    import ray
-
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.usefixtures("in_process_ray")
+@pytest.mark.usefixtures("local_ray")
 class TestInProcessSearch:
-    """Real searches in this process; they share the Ray that the first one starts, shut down after them."""
+    """Real searches in this process, in the session's Ray."""
 
     def test_a_trial_cut_off_by_the_time_budget_is_interrupted_and_resume_trains_it(self, tmp_path, workdir,
                                                                                    monkeypatch):
@@ -462,29 +450,25 @@ class TestInProcessSearch:
 
 
 # --------------------------------------------------------------------------------- through the command line
-def run_search(*args, cwd: Path, env_extra: dict | None = None, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", "nas.search", *args], check=False, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=clean_env(**(env_extra or {})))
-
-
 def tiny_args(workdir: Path, space: Path, *extra) -> list[str]:
     return ["--budget", "80M", "--space", str(space), "--epochs", "1", "--max-train", "64", "--confirm", "0",
             "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"), *extra]
 
 
-def test_a_trial_that_asks_for_more_cpus_than_ray_has_is_one_line_and_nothing_is_written(workdir):
-    result = run_search(*tiny_args(workdir, workdir / "mini.yaml", "--trials", "1", "--name", "greedy",
-                                   "--cpus-per-trial", "64"), cwd=workdir)
+def test_a_trial_that_asks_for_more_cpus_than_ray_has_is_one_line_and_nothing_is_written(workdir, local_ray):
+    result = search_cli(*tiny_args(workdir, workdir / "mini.yaml", "--trials", "1", "--name", "greedy",
+                                   "--cpus-per-trial", "64"))
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--cpus-per-trial 64" in lines[0], result.stderr
     assert not (workdir / "runs" / "greedy").exists()
 
 
-def test_a_wrong_opmix_data_is_one_line_and_never_a_silent_fallback(tmp_path, workdir):
+def test_a_wrong_opmix_data_is_one_line_and_never_a_silent_fallback(tmp_path, workdir, monkeypatch):
     args = tiny_args(workdir, workdir / "mini.yaml", "--trials", "1", "--name", "nodata")
     args[args.index("--data-dir"):args.index("--data-dir") + 2] = []  # the data from $OPMIX_DATA
-    result = run_search(*args, cwd=workdir, env_extra={"OPMIX_DATA": str(tmp_path / "nonexistent")})
+    monkeypatch.setenv("OPMIX_DATA", str(tmp_path / "nonexistent"))
+    result = search_cli(*args)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "OPMIX_DATA" in lines[0] and "nonexistent" in lines[0], result.stderr
@@ -492,12 +476,12 @@ def test_a_wrong_opmix_data_is_one_line_and_never_a_silent_fallback(tmp_path, wo
 
 
 @pytest.fixture(scope="module")
-def finished_tiny(workdir):
+def finished_tiny(workdir, local_ray):
     """A finished one-trial run, its space file in a folder of its own (the tests edit and restore both)."""
     folder = workdir / "own-space"
     folder.mkdir()
     space = write_space(folder)
-    result = run_search(*tiny_args(workdir, space, "--trials", "1", "--name", "tiny", "--seed", "2"), cwd=workdir)
+    result = search_cli(*tiny_args(workdir, space, "--trials", "1", "--name", "tiny", "--seed", "2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir / "runs" / "tiny", space
 
@@ -508,7 +492,7 @@ def test_resume_searches_the_runs_own_space_when_the_original_is_broken(finished
     before = RunDir(run).read_trials()
     space.write_text("stages: [this is not a space\n")  # edited into garbage after the run started
     try:
-        result = run_search(*tiny_args(workdir, space, "--name", "tiny", "--resume", "--trials", "2"), cwd=workdir)
+        result = search_cli(*tiny_args(workdir, space, "--name", "tiny", "--resume", "--trials", "2"))
     finally:
         space.write_text(original)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -527,7 +511,7 @@ def test_resume_without_the_runs_space_is_one_line(finished_tiny, workdir):
     before = (run / "trials.jsonl").read_text(), sorted((run / "ray").iterdir())
     (run / "space.yaml").rename(run / "space.yaml.aside")  # the original space file is still there
     try:
-        result = run_search(*tiny_args(workdir, space, "--name", "tiny", "--resume", "--trials", "3"), cwd=workdir)
+        result = search_cli(*tiny_args(workdir, space, "--name", "tiny", "--resume", "--trials", "3"))
     finally:
         (run / "space.yaml.aside").rename(run / "space.yaml")
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
