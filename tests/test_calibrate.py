@@ -16,8 +16,7 @@ from nas.calibrate import REFERENCE, ZERO_COST, Setup, _jobs, analyze, check_sam
 from nas.errors import OpmixError
 from nas.space import load_space
 from nas.stats import kendall_tau_b
-from search_helpers import write_space, write_tiny_fashion
-from test_search import clean_env
+from search_helpers import clean_env, run_cli, write_space, write_tiny_fashion
 
 SETTINGS = """
 settings:
@@ -31,8 +30,17 @@ JOBS = ARCHS * (1 + SEEDS + 1 + 1)
 
 
 def run_calibrate(*args, cwd: Path):
+    """``python -m nas.calibrate ARGS`` in a fresh interpreter with its own Ray: the one calibration run through
+    the command line."""
     return subprocess.run([sys.executable, "-m", "nas.calibrate", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env=clean_env())
+
+
+def calibrate_cli(*args, cwd: Path):
+    """The same command run in this process; its jobs, if any, as Ray tasks in the session's Ray."""
+    import nas.calibrate
+
+    return run_cli(nas.calibrate.main, *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,7 @@ def test_every_job_is_recorded_and_the_report_agrees_with_the_results(calibrated
     assert "tau-b" in result.stdout and "targets for 'default'" in result.stdout
 
 
-def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir):
+def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir, local_ray):
     """Three finished jobs lost and a torn last line (a crash mid-write): the rerun trains exactly those three,
     and gets the same accuracies (a job is a function of arch, seed and settings)."""
     out, _ = calibrated
@@ -100,7 +108,8 @@ def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir):
     original = path.read_text().splitlines()
     lost = [json.loads(x) for x in original[-3:]]
     path.write_text("\n".join(original[:-3]) + "\n" + original[-1][:25])
-    result = run_calibrate(*args(workdir), cwd=workdir)
+    with pytest.warns(UserWarning, match="an unreadable line"):  # the torn line is skipped, and said so
+        result = calibrate_cli(*args(workdir), cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{JOBS - 3} jobs done, 3 to run" in result.stdout
     again = lines_tolerant(path)
@@ -125,7 +134,7 @@ def test_a_changed_setup_is_refused_and_nothing_is_written(calibrated, workdir):
     out, _ = calibrated
     (workdir / "other.yaml").write_text(SETTINGS.replace("epochs: 3}", "epochs: 4}"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    result = run_calibrate(*args(workdir, "out", "other.yaml"), cwd=workdir)
+    result = calibrate_cli(*args(workdir, "out", "other.yaml"), cwd=workdir)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "reference" in result.stderr and "--out" in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -140,7 +149,7 @@ def test_a_changed_setup_is_refused_and_nothing_is_written(calibrated, workdir):
 ])
 def test_bad_settings_file_is_one_line_and_exit_2(workdir, tmp_path, text, needle):
     (tmp_path / "s.yaml").write_text(text)
-    result = run_calibrate(*args(workdir, str(tmp_path / "o"), str(tmp_path / "s.yaml")), cwd=workdir)
+    result = calibrate_cli(*args(workdir, str(tmp_path / "o"), str(tmp_path / "s.yaml")), cwd=workdir)
     assert result.returncode == 2 and needle in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
