@@ -95,13 +95,11 @@ def test_bad_width_mult_is_refused():
         build(load_space("hybrid").random(0), width_mult=0)
 
 
-def test_an_arch_an_operator_refuses_is_a_one_line_arch_error(tmp_path):
+def test_an_arch_an_operator_refuses_is_a_one_line_arch_error(tmp_path, capsys):
     """An operator's own ValueError (heads that do not divide the width) becomes the arch's error, naming the
     stage, so that every command shows it as one line (exit 2) instead of a traceback."""
-    import subprocess
-    import sys
-
     from nas.arch import ArchError
+    from nas.flops import main as flops_main
     from nas.network import build_error
 
     data = {"stem": {"type": "patch4", "width": 96},
@@ -111,7 +109,8 @@ def test_an_arch_an_operator_refuses_is_a_one_line_arch_error(tmp_path):
     with pytest.raises(ArchError, match=r"stages\[1\] \(swin x2, width 96\): cannot be built: .*heads=5"):
         build(Arch.from_dict(data))
     (tmp_path / "bad.yaml").write_text(json.dumps(data))
-    result = subprocess.run([sys.executable, "-m", "nas.flops", str(tmp_path / "bad.yaml")], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "stages[1]" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        flops_main([str(tmp_path / "bad.yaml")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "stages[1]" in err and "Traceback" not in err
