@@ -1,4 +1,6 @@
-"""``python -m nas.export``: the standalone model.py, its equivalences, the deploy programs, bad input."""
+"""``python -m nas.export``: the standalone model.py, its equivalences, the deploy programs, bad input.
+
+The command runs in this process (``run_cli``); a fresh interpreter only to show that model.py stands alone."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from search_helpers import run_cli
 
+import nas.export
 import operators
 from nas._codegen import standalone_source
 from nas.rundir import RunDir
@@ -47,9 +51,9 @@ def run_dir(tmp_path_factory) -> Path:
     return run.path
 
 
-def export_cli(*args):
-    return subprocess.run([sys.executable, "-m", "nas.export", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+def export_cli(*args) -> subprocess.CompletedProcess:
+    """``python -m nas.export ARGS``, run in this process."""
+    return run_cli(nas.export.main, *args)
 
 
 # A child Python that cannot import opmix: model.py has to stand alone.
