@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import textwrap
 
 import optuna
@@ -147,8 +145,13 @@ def test_optuna_sampling_uses_hierarchical_names(tmp_path):
     assert seen_ops == {"resnet_basic", "swin"}
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+def _cli(module: str, *args):
+    """``python -m MODULE ARGS`` in this process (``run_cli``: exit code, stdout and stderr as a child's)."""
+    import importlib
+
+    from search_helpers import run_cli
+
+    return run_cli(importlib.import_module(module).main, *args)
 
 
 def test_space_cli_summarizes(tmp_path):
