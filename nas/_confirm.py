@@ -145,7 +145,7 @@ def confirm(jobs: list[dict[str, Any]], *, run: RunDir, data, settings: ProxySet
     ``time_budget_s``; Ray must be running. Returns how many finished and were recorded ``confirmed``."""
     from ray import tune
 
-    from .proxy import resize_data
+    from .data import resize_data
 
     data = resize_data(data, settings.image_size)
     recorder = _recorder(run, settings, fidelity_of(settings, data), log)

@@ -158,7 +158,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
 
     from ._searcher import BudgetSearcher, CandidateASHA
     from .data import load_dataset
-    from .proxy import resize_data
+    from .data import resize_data
     from .space import list_references, load_reference, load_space
 
     started = time.time()

@@ -317,7 +317,7 @@ def _run_jobs(setup: Setup, archs, todo, out: CalibrationDir, data, *, address, 
               started: float, imports: tuple[str, ...], in_process: bool) -> int:
     """Run ``todo`` (as Ray tasks, or here with ``in_process``), appending each result to ``out`` as it ends.
     A job that raises is recorded with its ``error``; one lost with a Ray worker is not. Returns the lost."""
-    from .proxy import resize_data
+    from .data import resize_data
 
     knobs = {**{n: dataclasses.asdict(s) for n, s in setup.proxies().items()},
              REFERENCE: dataclasses.asdict(setup.reference_settings())}

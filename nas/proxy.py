@@ -27,10 +27,9 @@ from typing import Any, Callable
 import torch
 
 from .arch import Arch, stem_stride
-from .data import resize_data  # re-exported: the proxy's callers resize through it
 from .errors import OpmixError
 
-__all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "resize_data", "WARMUP_EPOCHS"]
+__all__ = ["ProxySettings", "train_arch", "build_proxy", "proxy_arch", "stage_maps", "WARMUP_EPOCHS"]
 
 WARMUP_EPOCHS = 1  # nas.train warms the learning rate up over the first epoch: no early stop may judge there
 MAX_VAL = 1000  # validation images a proxy is scored on (a fixed part of the held-out split)
@@ -170,7 +169,7 @@ def train_arch(arch: Arch, data, settings: ProxySettings = ProxySettings(), *, s
                threads: int | None = None, device: str = "auto", max_val: int | None = MAX_VAL,
                report: Callable[..., None] | None = None, per_image: bool = False):
     """Train the proxy of ``arch`` on ``data`` under ``settings`` from ``seed``; returns ``nas.train``'s
-    ``TrainResult``. ``data`` must already be at ``settings.image_size`` (``resize_data``) when it is set:
+    ``TrainResult``. ``data`` must already be at ``settings.image_size`` (``nas.data.resize_data``) when it is set:
     resizing once per dataset, not per trial. ``report`` and ``per_image``: as ``nas.train.train_proxy``'s."""
     from .train import TrainConfig, train_proxy
 

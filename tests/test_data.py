@@ -326,7 +326,7 @@ def test_imagefolder_is_read_again_at_the_size_asked_for(tmp_path):
     the source's own pixels, at 48 PIL's bilinear of the 64-px source, never the 32-px first read blown up."""
     from PIL import Image
 
-    from nas.proxy import resize_data
+    from nas.data import resize_data
 
     root = tmp_path / "imgs"
     sources = [striped_png(root / f"class{k % 2}" / f"{k}.png", k) for k in range(6)]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import operators
-from nas.proxy import ProxySettings, build_proxy, proxy_arch, resize_data, stage_maps, train_arch
+from nas.data import resize_data
+from nas.proxy import ProxySettings, build_proxy, proxy_arch, stage_maps, train_arch
 from nas.space import list_references, load_reference, load_space
 from search_helpers import write_tiny_fashion
 
