@@ -35,7 +35,7 @@ from torch import nn
 from .arch import Arch
 from .errors import OpmixError
 
-__all__ = ["count_flops", "count_params", "count_arch", "measure_arch", "layer_cache_info", "clear_layer_cache", "flop_analysis",
+__all__ = ["count_flops", "count_params", "count_arch", "arch_layers", "Layer", "measure_arch", "layer_cache_info", "clear_layer_cache", "flop_analysis",
            "unsupported_ops", "parse_budget", "format_flops"]
 
 
@@ -175,8 +175,9 @@ def _recorder(factory: Callable[..., nn.Module]) -> Callable[..., tuple]:
     return lambda *args, **kwargs: (factory, args, kwargs)
 
 
-def _layer_calls(arch: Arch) -> list[tuple[Callable[..., nn.Module], tuple, dict[str, Any]]]:
-    """``(constructor, args, kwargs)`` of every layer of ``build(arch)``, in forward order, none of them built.
+def _layer_calls(arch: Arch) -> list[tuple[str, Callable[..., nn.Module], tuple, dict[str, Any]]]:
+    """``(part, constructor, args, kwargs)`` of every layer of ``build(arch)``, in forward order, none of them
+    built; ``part`` is the module it lies in: ``stem``, ``stages.<i>`` or ``head``.
 
     The stages go through ``nas.network.stage_layers`` itself (with constructors that record their call), so
     the downsampling rule, the first block's stride and width change and the alternating keywords are the
@@ -185,15 +186,16 @@ def _layer_calls(arch: Arch) -> list[tuple[Callable[..., nn.Module], tuple, dict
 
     from .network import Head, downsampler, make_stem, stage_layers, stem_kind
 
-    calls = [(make_stem, (stem_kind(arch), arch.in_chans, arch.stem.width), {})]
+    calls = [("stem", make_stem, (stem_kind(arch), arch.in_chans, arch.stem.width), {})]
     cin = arch.stem.width
-    for stage in arch.stages:
+    for i, stage in enumerate(arch.stages):
         spec = operators.get_spec(stage.op)
         down = downsampler(stage.downsample)
-        calls += stage_layers(_recorder(spec.factory), cin, stage.width, stage.depth, stage.stride,
-                              alternate=spec.alternate, downsample=down and _recorder(down), **stage.kwargs)
+        calls += [(f"stages.{i}", *call) for call in
+                  stage_layers(_recorder(spec.factory), cin, stage.width, stage.depth, stage.stride,
+                               alternate=spec.alternate, downsample=down and _recorder(down), **stage.kwargs)]
         cin = stage.width
-    calls.append((Head, (arch.head.type, cin, arch.num_classes, arch.head.hidden), {}))
+    calls.append(("head", Head, (arch.head.type, cin, arch.num_classes, arch.head.hidden), {}))
     return calls
 
 
@@ -216,24 +218,28 @@ def _count_layer(factory: Callable[..., nn.Module], args: tuple, kwargs: dict[st
     return _LayerCount(flops, sum(p.numel() for p in layer.parameters()), tuple(outputs[-1].shape), missing)
 
 
-def count_arch(arch: Arch, input_shape: tuple[int, ...] | None = None) -> tuple[int, int]:
-    """(FLOPs, parameters) of ``build(arch)``'s deploy form at ``input_shape``, default ``(1, in_chans, S, S)``
-    with S the Arch's input size: exactly ``count_flops`` and ``count_params`` of the whole network, faster.
+class Layer(NamedTuple):
+    """One layer of ``build(arch)`` as ``arch_layers`` describes it: where it lies (``stem``, ``stages.<i>``,
+    ``head``), its constructor call, its input shape, and its deploy-form count."""
+    part: str
+    factory: Callable[..., nn.Module]
+    args: tuple
+    kwargs: dict[str, Any]
+    input_shape: tuple[int, ...]
+    count: _LayerCount
 
-    A network is its stem, then each stage's downsampler (if any) and blocks, then the head, and each of these
-    layers' counts depend only on its constructor call and its input shape. So every layer is counted alone
-    (built uninitialized, re-parameterized, traced on zeros), and its (FLOPs, parameters, output shape) are kept
-    in a module-level cache under that call and shape: blocks 2..depth of a stage differ at most by the
-    alternating keywords (Swin's shift), so a stage's blocks cost at most three traces whatever its depth, and
-    later candidates reuse every layer an earlier one counted. The cache holds the ``LAYER_CACHE_SIZE`` most recently
-    used layers; ``layer_cache_info`` reports it. Ops that could not be counted are listed in one warning per
-    call, as ``count_flops`` does. The stem is the Arch's own (``stem_kind`` at its input size) whatever
-    ``input_shape`` says, as in ``count_flops(build_uninitialized(arch), input_shape)``.
-    """
+    def build(self) -> nn.Module:
+        """The layer itself, initialized by its constructor."""
+        return self.factory(*self.args, **self.kwargs)
+
+
+def arch_layers(arch: Arch, input_shape: tuple[int, ...] | None = None) -> list[Layer]:
+    """Every layer of ``build(arch)`` in forward order with its input shape and deploy-form count, each
+    counted alone and remembered (see ``count_arch``, which sums them). Latency tables are keyed the same way
+    (``nas.latency``)."""
     shape = tuple(input_shape or (1, arch.in_chans, arch.input_size, arch.input_size))
-    flops = params = 0
-    missing: Counter = Counter()
-    for factory, args, kwargs in _layer_calls(arch):
+    layers = []
+    for part, factory, args, kwargs in _layer_calls(arch):
         # values keep their type: True == 1 and 4 == 4.0 as keys, but not necessarily as arguments
         key = (factory, args, tuple((k, type(v), v) for k, v in sorted(kwargs.items())), shape)
         with _layer_lock:
@@ -248,12 +254,33 @@ def count_arch(arch: Arch, input_shape: tuple[int, ...] | None = None) -> tuple[
                 _layer_cache[key] = count
                 while len(_layer_cache) > LAYER_CACHE_SIZE:
                     _layer_cache.popitem(last=False)
-        flops, params, shape = flops + count.flops, params + count.params, count.out_shape
-        missing.update(dict(count.missing))
+        layers.append(Layer(part, factory, args, kwargs, shape, count))
+        shape = count.out_shape
+    return layers
+
+
+def count_arch(arch: Arch, input_shape: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """(FLOPs, parameters) of ``build(arch)``'s deploy form at ``input_shape``, default ``(1, in_chans, S, S)``
+    with S the Arch's input size: exactly ``count_flops`` and ``count_params`` of the whole network, faster.
+
+    A network is its stem, then each stage's downsampler (if any) and blocks, then the head, and each of these
+    layers' counts depend only on its constructor call and its input shape. So every layer is counted alone
+    (built uninitialized, re-parameterized, traced on zeros), and its (FLOPs, parameters, output shape) are kept
+    in a module-level cache under that call and shape: blocks 2..depth of a stage differ at most by the
+    alternating keywords (Swin's shift), so a stage's blocks cost at most three traces whatever its depth, and
+    later candidates reuse every layer an earlier one counted. The cache holds the ``LAYER_CACHE_SIZE`` most recently
+    used layers; ``layer_cache_info`` reports it. Ops that could not be counted are listed in one warning per
+    call, as ``count_flops`` does. The stem is the Arch's own (``stem_kind`` at its input size) whatever
+    ``input_shape`` says, as in ``count_flops(build_uninitialized(arch), input_shape)``.
+    """
+    layers = arch_layers(arch, input_shape)
+    missing: Counter = Counter()
+    for layer in layers:
+        missing.update(dict(layer.count.missing))
     if missing:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(missing.items()))
         warnings.warn(f"count_arch: these ops were not counted (no handle registered): {listed}", stacklevel=2)
-    return flops, params
+    return sum(layer.count.flops for layer in layers), sum(layer.count.params for layer in layers)
 
 
 def measure_arch(arch: Arch) -> tuple[int, int]:
