@@ -1,0 +1,257 @@
+"""Latency against FLOPs on the default space, and the per-layer predictor's accuracy (``nas.latency``).
+
+    python benchmarks/bench_latency.py measure [--n 120] [--hours 3] [--out benchmarks/results/latency/default.jsonl]
+    python benchmarks/bench_latency.py repeat  [--k 20]   # the same networks again, later: the noise floor
+    python benchmarks/bench_latency.py report               # the tables of docs/latency.md
+
+``measure`` draws ``--n`` architectures uniformly from the default space within 4.5 GFLOPs (seed 0, the
+space's constraints met), and for each target (``ort-cpu`` and ``torch-cpu``, 1 thread, batch 1, 224 px):
+times the whole deploy network end to end (``measure_arch_latency``), then predicts it from the per-layer
+table (``predict``), measuring the layers the table lacks and recording what that cost. It appends one JSON
+line per (network, target) to ``--out`` and skips those already there, so it resumes where it stopped.
+Every measurement is pinned to the last core (``nas.latency.pinned``): run nothing else there meanwhile
+(``taskset -c 0 CMD`` keeps other work off it).
+
+``report`` prints, per target: Kendall tau-b of FLOPs against latency; ms per GFLOP per operator (from the
+table's block entries); the repeatability (second measurement over first); the predictor's accuracy, with
+its correction fitted in 5-fold cross-validation (a network is never predicted by a fit that saw it), as the
+share within +-10 % and +-5 % and tau; FLOPs as a predictor (scaled by the best single factor) the same way;
+and the table's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "benchmarks" / "results" / "latency" / "default.jsonl"
+TARGETS = ("ort-cpu", "torch-cpu")
+BUDGET = 4.5e9
+
+
+def draw(n: int, seed: int = 0):
+    """``n`` distinct architectures of the default space within the budget, in a fixed order."""
+    from nas.flops import measure_arch
+    from nas.space import load_space
+
+    space = load_space("hybrid")
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        arch = space.random(rng)
+        if arch in seen:
+            continue
+        seen.add(arch)
+        flops, params = measure_arch(arch)
+        if flops <= BUDGET:
+            out.append((arch, flops, params))
+    return out
+
+
+def _done(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _measure_one(arch, index: int, flops: int, target, table, phase: str) -> dict:
+    from nas.flops import arch_layers
+    from nas.latency import measure_arch_latency, predict
+
+    record = {"index": index, "phase": phase, "target": target.name, "flops": flops,
+              "ops": [s.op for s in arch.stages], "arch": arch.to_dict()}
+    t0 = time.perf_counter()
+    try:
+        total = measure_arch_latency(arch, target)["total"]
+    except Exception as exc:  # noqa: BLE001 -- a conversion that fails is a finding, recorded
+        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return record
+    record.update(total.to_dict(), e2e_seconds=round(time.perf_counter() - t0, 2))
+    if phase == "repeat":
+        return record
+    t0 = time.perf_counter()
+    pred = predict(arch, table)
+    record.update(sum_ms=round(pred.sum_ms, 4), layers_measured=pred.measured,
+                  table_seconds=round(time.perf_counter() - t0, 2))
+    t0 = time.perf_counter()
+    predict(arch, table, measure=False)  # warm: what a search pays per candidate once the table has its layers
+    record["warm_predict_ms"] = round(1e3 * (time.perf_counter() - t0), 3)
+    shape = (target.batch, arch.in_chans, arch.input_size, arch.input_size)
+    record["blocks"] = [(arch.stages[int(layer.part.split(".")[1])].op, layer.count.flops,
+                         table.layer_ms(layer, measure=False))
+                        for layer in arch_layers(arch, shape) if layer.part.startswith("stages.")]
+    table.add_network(arch, pred.sum_ms, total)
+    return record
+
+
+def measure(args) -> None:
+    from nas.latency import LatencyTable, Target
+
+    deadline = time.time() + 3600 * args.hours
+    done = {(r["index"], r["target"]) for r in _done(args.out) if r["phase"] == "first"}
+    tables = {name: LatencyTable(Target(name), args.out.parent / f"{Target(name).key()}.json") for name in TARGETS}
+    for index, (arch, flops, _) in enumerate(draw(args.n)):
+        for name in TARGETS:
+            if (index, name) in done:
+                continue
+            if time.time() > deadline:
+                print(f"time is up; {len(done)} measured; run again to continue")
+                return
+            rec = _measure_one(arch, index, flops, tables[name].target, tables[name], "first")
+            _append(args.out, rec)
+            done.add((index, name))
+            print(f"{index:4d} {name:9s} {flops / 1e9:5.2f} G  {rec.get('ms', float('nan')):8.2f} ms  "
+                  f"sum {rec.get('sum_ms', float('nan')):8.2f}  {rec.get('error', '')}", flush=True)
+
+
+def repeat(args) -> None:
+    from nas.latency import Target
+
+    records = _done(args.out)
+    again = {(r["index"], r["target"]) for r in records if r["phase"] == "repeat"}
+    firsts = sorted((r for r in records if r["phase"] == "first" and "ms" in r), key=lambda r: r["index"])
+    from nas.arch import Arch
+
+    for r in firsts:
+        if r["index"] >= args.k or (r["index"], r["target"]) in again:
+            continue
+        rec = _measure_one(Arch.from_dict(r["arch"]), r["index"], r["flops"], Target(r["target"]), None, "repeat")
+        _append(args.out, rec)
+        print(f"{r['index']:4d} {r['target']:9s} first {r['ms']:8.2f}  again {rec.get('ms', float('nan')):8.2f} ms",
+              flush=True)
+
+
+def _tau(x, y) -> float:
+    from nas.stats import kendall_tau_b
+
+    return kendall_tau_b(x, y)
+
+
+def _cv_predictions(rows: list[dict], folds: int = 5, seed: int = 0) -> list[float]:
+    """Each network's corrected prediction from a correction fitted on the other folds."""
+    from nas.latency import Correction
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    out = [0.0] * len(rows)
+    for f in range(folds):
+        test = set(order[f::folds])
+        corr = Correction.fit([{"sum_ms": r["sum_ms"], "ms": r["ms"]} for i, r in enumerate(rows) if i not in test])
+        for i in test:
+            out[i] = corr(rows[i]["sum_ms"])
+    return out
+
+
+def _cv_flops(rows: list[dict], folds: int = 5, seed: int = 0) -> list[float]:
+    """FLOPs times the single factor (ms per FLOP, least relative squares) fitted on the other folds."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    out = [0.0] * len(rows)
+    for f in range(folds):
+        test = set(order[f::folds])
+        train = [r for i, r in enumerate(rows) if i not in test]
+        k = sum(r["flops"] / r["ms"] for r in train) / sum((r["flops"] / r["ms"]) ** 2 for r in train)
+        for i in test:
+            out[i] = k * rows[i]["flops"]
+    return out
+
+
+def _accuracy(pred: list[float], meas: list[float]) -> str:
+    errs = [(p - m) / m for p, m in zip(pred, meas)]
+    w10 = sum(abs(e) <= 0.10 for e in errs) / len(errs)
+    w5 = sum(abs(e) <= 0.05 for e in errs) / len(errs)
+    med = statistics.median(abs(e) for e in errs)
+    return (f"{100 * w10:5.1f} % {100 * w5:5.1f} %   {_tau(pred, meas):5.2f}   {100 * med:5.1f} %  "
+            f"{100 * min(errs):+6.1f}..{100 * max(errs):+6.1f} %")
+
+
+def report(args) -> None:
+    records = _done(args.out)
+    print(f"{args.out}: {sum(r['phase'] == 'first' for r in records)} (network, target) "
+          f"measurements; 224 px, batch 1, 1 thread, deploy form")
+    for name in TARGETS:
+        rows = [r for r in records if r["phase"] == "first" and r["target"] == name and "ms" in r]
+        failed = [r for r in records if r["phase"] == "first" and r["target"] == name and "error" in r]
+        if len(rows) < 5:
+            print(f"\n{name}: {len(rows)} networks, too few to report")
+            continue
+        ms, flops = [r["ms"] for r in rows], [r["flops"] for r in rows]
+        per_g = [r["ms"] / (r["flops"] / 1e9) for r in rows]
+        print(f"\n== {name}: {len(rows)} networks ({len(failed)} failed to run: "
+              f"{'; '.join(sorted({r['error'][:80] for r in failed})) or '-'})")
+        print(f"FLOPs against latency: Kendall tau-b {_tau(flops, ms):.2f}; ms per GFLOP {min(per_g):.0f} to "
+              f"{max(per_g):.0f} ({max(per_g) / min(per_g):.0f}x), median {statistics.median(per_g):.0f}")
+        spread = [r["spread"] for r in rows]
+        print(f"one measurement's round medians spread by {100 * statistics.median(spread):.1f} % (median), "
+              f"{100 * max(spread):.1f} % at most; IQR/median {100 * statistics.median(r['iqr_ms'] / r['median_ms'] for r in rows):.1f} % (median)")
+        again = {r["index"]: r for r in records if r["phase"] == "repeat" and r["target"] == name and "ms" in r}
+        pairs = [(again[r["index"]]["ms"], r["ms"]) for r in rows if r["index"] in again]
+        if pairs:
+            ratios = sorted(a / b for a, b in pairs)
+            within = sum(abs(x - 1) <= 0.10 for x in ratios)
+            within5 = sum(abs(x - 1) <= 0.05 for x in ratios)
+            print(f"repeatability: {len(ratios)} networks measured again later, second/first {ratios[0]:.2f} to "
+                  f"{ratios[-1]:.2f} (median {statistics.median(ratios):.3f}); {within} of {len(ratios)} within "
+                  f"+-10 %, {within5} within +-5 %")
+        print(f"\n{'predictor':28s} {'+-10 %':>7s} {'+-5 %':>7s} {'tau':>6s} {'median |err|':>12s} {'range':>18s}")
+        print(f"{'FLOPs x best factor':28s} {_accuracy(_cv_flops(rows), ms)}")
+        print(f"{'table: plain sum':28s} {_accuracy([r['sum_ms'] for r in rows], ms)}")
+        print(f"{'table: sum + correction':28s} {_accuracy(_cv_predictions(rows), ms)}")
+        print("(correction and factor fitted in 5-fold cross-validation)")
+        per_op: dict[str, list[float]] = {}
+        for r in rows:
+            for op, fl, t in r["blocks"]:
+                if t is not None:
+                    acc = per_op.setdefault(op, [0.0, 0.0, 0])
+                    acc[0] += t
+                    acc[1] += fl
+                    acc[2] += 1
+        print(f"\n{'operator':22s} {'blocks':>7s} {'ms/GFLOP':>9s}   (block entries at the target's shapes)")
+        for op, (t, fl, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0] / max(kv[1][1], 1)):
+            print(f"{op:22s} {n:7d} {t / (fl / 1e9) if fl else float('nan'):9.1f}")
+        cold = [r for r in rows if r.get("layers_measured")]
+        entries = sum(r["layers_measured"] for r in rows)
+        secs = sum(r["table_seconds"] for r in rows)
+        print(f"\ntable cost: {entries} layers measured for {len(rows)} networks, {secs:.0f} s in all "
+              f"({secs / max(entries, 1):.2f} s per layer); the first 20 networks needed "
+              f"{sum(r['layers_measured'] for r in rows[:20])} layers, {sum(r['table_seconds'] for r in rows[:20]):.0f} s; "
+              f"{len(cold)} networks met a new layer; a warm prediction takes "
+              f"{statistics.median(r['warm_predict_ms'] for r in rows):.2f} ms (median)")
+        print(f"end-to-end measurement: {statistics.median(r['e2e_seconds'] for r in rows):.1f} s per network "
+              f"(median, the ONNX export included for ort-cpu)")
+    both = {}
+    for r in records:
+        if r["phase"] == "first" and "ms" in r:
+            both.setdefault(r["index"], {})[r["target"]] = r["ms"]
+    paired = [v for v in both.values() if len(v) == 2]
+    if len(paired) >= 5:
+        print(f"\nthe two runtimes rank {len(paired)} networks with Kendall tau-b "
+              f"{_tau([v['ort-cpu'] for v in paired], [v['torch-cpu'] for v in paired]):.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", choices=("measure", "repeat", "report"))
+    p.add_argument("--n", type=int, default=120)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--hours", type=float, default=3.0)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    {"measure": measure, "repeat": repeat, "report": report}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
