@@ -12,10 +12,16 @@ replays a search's confirmation rung: the first setting's top 3 re-ranked by eac
 pick's standing by the reference. Whether the first setting ranks better than FLOPs and params is the paired
 bootstrap interval of the difference of the taus (``nas.stats.bootstrap_difference``), reported with it.
 
+Latency is a rung like FLOPs: each architecture's deploy form is timed end to end on ``--latency-target``
+(``nas.latency``) once, in the driver, before any training starts, so that no training shares the machine
+with a measurement. ``--latency-target none`` skips it.
+
 The output folder is the calibration's memory: ``calibration.yaml`` (the setup: space, budget, dataset,
-settings, reference, seeds), ``archs.jsonl`` (the sample, written once), ``results.jsonl`` (one line per
-finished job, appended and fsync'ed as it comes), then ``report.json`` and ``calibration.png``. Run the same
-command again and it continues where it stopped; a changed setup is refused, never mixed in. A job that
+settings, reference, seeds), ``archs.jsonl`` (the sample with its FLOPs and params, and each latency with its
+IQR and the target's fingerprint as it is measured), ``results.jsonl`` (one line per finished job, appended and
+fsync'ed as it comes), then ``report.json`` and ``calibration.png``. Run the same command again and it
+continues where it stopped, measuring no latency twice; a changed setup, or latencies stored from another
+target fingerprint, is refused, never mixed in. A job that
 failed (its ``error`` is in ``results.jsonl``) is recorded once and not run again, since it would most likely
 fail again; ``--retry-failed`` runs the recorded failures again on purpose.
 
@@ -34,7 +40,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -45,12 +51,18 @@ from .flops import format_flops, parse_budget
 from .proxy import ProxySettings
 from .errors import OpmixError
 
-__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "failed_jobs", "sample_archs", "main"]
+if TYPE_CHECKING:
+    from .latency import Target
+
+__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "failed_jobs", "sample_archs",
+           "latency_target", "check_latency_target", "measure_latencies", "main"]
 
 PROG = "python -m nas.calibrate"
 ZERO_COST = "zero_cost"
 CONFIRM_TOP = 3  # the search's default --confirm: how many of the first setting's best a confirmation retrains
 REFERENCE = "reference"
+LATENCY = "latency"  # the rung of each architecture's latency on the calibration's target (archs.jsonl)
+SIZE_RUNGS = ("flops", "params", LATENCY)  # known before any training, from the architecture alone
 DEFAULT_REFERENCE = {"max_train": None, "epochs": 3 * ProxySettings().epochs}  # the whole split, 3x the epochs
 
 
@@ -98,7 +110,7 @@ def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], Pr
     named = data["settings"]
     if not isinstance(named, dict) or not named:
         raise OpmixError(f"{where}: settings is {named!r}; write at least one named setting, e.g. default: {{}}")
-    bad = [n for n in named if not isinstance(n, str) or n in (REFERENCE, ZERO_COST, "flops", "params")]
+    bad = [n for n in named if not isinstance(n, str) or n in (REFERENCE, ZERO_COST, *SIZE_RUNGS)]
     if bad:
         raise OpmixError(f"{where}: setting name(s) {bad} are reserved or not strings; rename them")
     settings = {n: ProxySettings.from_mapping(v, f"{where}: settings.{n}") for n, v in named.items()}
@@ -211,6 +223,75 @@ def sample_archs(space, budget: int, n: int, seed: int, measure: Callable[[Arch]
             for i, (a, f, p) in enumerate(chosen)]
 
 
+# ------------------------------------------------------------------------------------------------ latency
+def latency_target(name: str | None, threads: int = 1, batch: int = 1) -> Target | None:
+    """The ``--latency-target`` flags as a target this machine can measure, or None for ``none``; ``name``
+    None: ``ort-cpu`` where ONNX Runtime is installed, else ``torch-cpu``. An ``OpmixError`` says how to fix
+    a target that is unknown or cannot be measured here."""
+    from .latency import Target
+
+    if name == "none":
+        return None
+    if name is None:
+        from .export import onnx_available
+
+        name = "ort-cpu" if onnx_available() else "torch-cpu"
+    target = Target(name, threads, batch)
+    target.check()
+    return target
+
+
+def _describe(fingerprint: dict[str, Any]) -> str:
+    """A stored target fingerprint in words: 'torch-cpu, 1 thread, batch 1, <CPU model>'."""
+    threads = fingerprint.get("threads")
+    return (f"{fingerprint.get('target')}, {threads} thread{'s' if threads != 1 else ''}, batch "
+            f"{fingerprint.get('batch')}, {fingerprint.get('gpu') or fingerprint.get('cpu')}")
+
+
+def check_latency_target(archs: list[dict[str, Any]], target: Target | None, folder: Path) -> None:
+    """Refuse to continue a calibration whose stored latencies were measured under another fingerprint (runtime,
+    threads, batch, machine or library versions): figures of two targets are never ranked together."""
+    if target is None:
+        return
+    mine = target.fingerprint()
+    theirs = next((a["latency"]["target"] for a in archs if "latency" in a and a["latency"]["target"] != mine), None)
+    if theirs is None:
+        return
+    differ = ", ".join(f"{k} {theirs.get(k)!r} here {mine.get(k)!r}" for k in sorted({*theirs, *mine})
+                       if theirs.get(k) != mine.get(k))
+    raise OpmixError(f"{folder} holds latencies measured on another target ({differ}); continue it with "
+                     f"--latency-target none (the stored figures are kept, none measured), or measure on "
+                     f"{theirs.get('target')} with its threads and batch on that machine, or pick another --out")
+
+
+def measure_latencies(archs: list[dict[str, Any]], target: Target, out: CalibrationDir, *,
+                      log: Callable[[str], None] = print, retry_failed: bool = False) -> int:
+    """Time each architecture of ``archs`` that has no latency stored yet (with ``retry_failed``, also those
+    whose measurement failed) end to end on ``target`` (``nas.latency.measure_arch_latency``: the lowest round
+    median, its IQR, the target's fingerprint), writing ``archs.jsonl`` after each, so that an interrupted
+    measurement continues where it stopped; returns how many were timed. Run it while nothing else runs: the
+    driver calls it before any training. A measurement that fails (an operator the ONNX export cannot
+    write) is stored with its ``error`` and ranks as undefined."""
+    from .latency import measure_arch_latency
+
+    todo = [a for a in archs if "latency" not in a or (retry_failed and "error" in a["latency"])]
+    if todo:
+        log(f"timing {len(todo)} architecture(s) on {target.describe()} before any training ...")
+    fingerprint = target.fingerprint()
+    for k, a in enumerate(todo):
+        t0 = time.perf_counter()
+        try:
+            figure = measure_arch_latency(Arch.from_dict(a["arch"]), target)["total"].to_dict()
+        except Exception as exc:  # noqa: BLE001 -- as a failed job: recorded, and the calibration goes on
+            lines = [x for x in str(exc).strip().splitlines() if x.strip()]
+            figure = {"error": f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]}
+        a["latency"] = {**figure, "seconds": round(time.perf_counter() - t0, 3), "target": fingerprint}
+        out.write_archs(archs)
+        what = f"{figure['ms']:.2f} ms (IQR {figure['iqr_ms']:.2f})" if "ms" in figure else f"FAILED: {figure['error']}"
+        log(f"  arch {a['index']:2d} latency {what}; {k + 1}/{len(todo)}")
+    return len(todo)
+
+
 # ------------------------------------------------------------------------------------------------ the jobs
 def _jobs(setup: Setup, archs: list[dict[str, Any]]) -> list[tuple[int, str, int]]:
     """(arch index, setting, seed) of every job, cheapest kinds first: zero-cost, proxies, then the reference."""
@@ -279,11 +360,14 @@ def _run_job(arch_dict: dict[str, Any], setting: str, knobs: dict[str, Any] | No
 
 def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, cpus_per_job: int = 1,
               log: Callable[[str], None] = print, data=None, imports: tuple[str, ...] = (),
-              retry_failed: bool = False, in_process: bool = False) -> dict[str, Any]:
+              retry_failed: bool = False, in_process: bool = False,
+              latency: Target | None = None) -> dict[str, Any]:
     """Run (or continue) the calibration into ``out``; returns ``analyze``'s report, also written to
     ``report.json`` with the plot ``calibration.png``. Jobs recorded as failed run again only with
     ``retry_failed``. ``in_process``: run the jobs one after another in this process instead of as Ray tasks
-    (no cluster; for tests of the bookkeeping and machines without Ray)."""
+    (no cluster; for tests of the bookkeeping and machines without Ray). ``latency``: the target to time
+    the architectures on before any training (``measure_latencies``); None measures none, and the latencies
+    already stored are ranked either way."""
     from .data import load_dataset
     from .space import load_space
 
@@ -291,12 +375,15 @@ def calibrate(setup: Setup, out: CalibrationDir, *, address: str | None = None, 
     space = load_space(setup.space)
     data = data or load_dataset(setup.dataset, setup.data_dir, seed=setup.seed)
     archs = out.read_archs()
+    check_latency_target(archs, latency, out.path)
     if not archs:
         from .flops import measure_arch
 
         log(f"sampling {setup.archs} architectures within {format_flops(setup.budget)}FLOPs from {space.name} ...")
         archs = sample_archs(space, setup.budget, setup.archs, setup.seed, measure_arch, log=log)
         out.write_archs(archs)
+    if latency is not None:  # here, before any training: a measurement never shares the machine with one
+        measure_latencies(archs, latency, out, log=log, retry_failed=retry_failed)
     todo = _jobs_left(setup, archs, out.read_results(), retry_failed)
     failed = len(failed_jobs(out.read_results()))
     log(f"{len(archs)} architectures, {len(_jobs(setup, archs)) - len(todo)} jobs done, {len(todo)} to run"
@@ -391,8 +478,8 @@ def _run_on_ray(todo, args, record, log, cpus_per_job: int) -> int:
 # ------------------------------------------------------------------------------------------------ analysis
 def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dict[str, dict[int, list[float]]],
                                                             dict[str, list[float]], dict[int, list[float]]]:
-    """The reference accuracy per arch (from the run's own seed); per rung (each setting, FLOPs, params, each
-    zero-cost score) the score(s) per arch (several for a setting repeated over seeds); per rung the seconds
+    """The reference accuracy per arch (from the run's own seed); per rung (each setting, FLOPs, params, the
+    latency where one was measured, each zero-cost score) the score(s) per arch (several for a setting repeated over seeds); per rung the seconds
     each job took; and per arch the reference accuracies of every seed, the run's own first."""
     reference: dict[int, float] = {}
     reference_seeds: dict[int, dict[int, float]] = collections.defaultdict(dict)
@@ -400,6 +487,13 @@ def _scores_by_rung(setup: Setup, archs, results) -> tuple[dict[int, float], dic
     rungs["flops"] = {a["index"]: [float(a["flops"])] for a in archs}
     rungs["params"] = {a["index"]: [float(a["params"])] for a in archs}
     cost: dict[str, list[float]] = {n: [] for n in list(setup.settings) + [REFERENCE, ZERO_COST]}
+    timed = [a for a in archs if "latency" in a]
+    if timed:  # folders from before latency was measured have no such rung, and report as they did
+        # Signed as FLOPs are: a size rung ranks the larger (here the slower) network higher, as the one expected
+        # to be more accurate, so its tau says how well the cost follows capacity. Ranked the other way round
+        # ("cheaper first") its tau would only change sign. A failed measurement is NaN: undefined, left out.
+        rungs[LATENCY] = {a["index"]: [float(a["latency"].get("ms", math.nan))] for a in timed}
+        cost[LATENCY] = [a["latency"].get("seconds", 0.0) for a in timed]
     seeds: dict[tuple[str, int], dict[int, float]] = collections.defaultdict(dict)
     for r in results:
         if "error" in r:
@@ -440,9 +534,9 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
     for name, per_arch in rungs.items():
         scored = [i for i in per_arch if i in reference]
         common = sorted(i for i in scored if not np.isnan(per_arch[i]).any())
-        kind = "size" if name in ("flops", "params") else "proxy" if name in setup.settings else "zero-cost"
-        job_cost = cost[ZERO_COST] if kind == "zero-cost" else cost.get(name, [])
-        seconds = float(np.mean(job_cost)) if job_cost and kind != "size" else 0.0
+        kind = "size" if name in SIZE_RUNGS else "proxy" if name in setup.settings else "zero-cost"
+        job_cost = cost[ZERO_COST] if kind == "zero-cost" else cost.get(name, [])  # FLOPs, params: none kept
+        seconds = float(np.mean(job_cost)) if job_cost else 0.0
         firsts[name] = {i: per_arch[i][0] for i in common}
         row = {**_row(name, kind, firsts[name], reference, resamples, seconds), "undefined": len(scored) - len(common)}
         repeats = min((len(per_arch[i]) for i in common), default=0)
@@ -465,11 +559,24 @@ def analyze(setup: Setup, archs: list[dict[str, Any]], results: list[dict[str, A
         row["seeds"] = k
         rows.append(row)
     ref_cost = cost[REFERENCE]
-    return {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
-            "confirmed_picks": _confirmed_picks(setup, rungs, reference, rows),
-            "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
-            "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
-            "rows": rows, "targets": _targets(rows, setup, firsts, reference, resamples)}
+    report = {"setup": dataclasses.asdict(setup), "archs": len(archs), "reference_done": len(reference),
+              "confirmed_picks": _confirmed_picks(setup, rungs, reference, rows),
+              "reference_seconds_per_candidate": float(np.mean(ref_cost)) if ref_cost else None,
+              "reference_accuracy": [min(reference.values()), max(reference.values())] if reference else None,
+              "rows": rows, "targets": _targets(rows, setup, firsts, reference, resamples)}
+    if LATENCY in rungs:
+        report[LATENCY] = _latency_summary(archs)
+    return report
+
+
+def _latency_summary(archs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored latencies at a glance: their target, how many were timed and failed, the range of the
+    figures (ms) and the widest IQR."""
+    timed = [a["latency"] for a in archs if "latency" in a]
+    ok = [t for t in timed if "ms" in t]
+    return {"target": timed[0]["target"], "timed": len(ok), "failed": len(timed) - len(ok),
+            "ms": [min(t["ms"] for t in ok), max(t["ms"] for t in ok)] if ok else None,
+            "max_iqr_ms": max(t["iqr_ms"] for t in ok) if ok else None}
 
 
 def _confirmed_picks(setup: Setup, rungs: dict[str, dict[int, list[float]]], reference: dict[int, float],
@@ -573,6 +680,12 @@ def print_report(report: dict[str, Any], out=print) -> None:
         lo, hi = report["reference_accuracy"]
         out(f"reference: max_train {ref['max_train'] or 'all'}, {ref['epochs']} epochs, accuracy {lo:.3f} to "
             f"{hi:.3f}, {report['reference_seconds_per_candidate']:.0f} s per candidate")
+    lat = report.get(LATENCY)
+    if lat:
+        span = f"{lat['ms'][0]:.2f} to {lat['ms'][1]:.2f} ms (IQR at most {lat['max_iqr_ms']:.2f})" if lat["ms"] else "-"
+        failed = f", {lat['failed']} failed (see archs.jsonl)" if lat["failed"] else ""
+        out(f"latency: {_describe(lat['target'])}: {span}, {lat['timed']} of {report['archs']} architectures "
+            f"timed{failed}")
     _print_rows(report["rows"], out)
     ceiling = next((r for r in report["rows"] if r["kind"] == "reference"), None)
     if ceiling:
@@ -684,7 +797,13 @@ def _parser() -> _cli.Parser:
     p.add_argument("--address", default=None, help="join a Ray cluster (default: start Ray on this machine)")
     p.add_argument("--cpus-per-job", type=int, default=1, help="CPUs (threads) per training (default: 1)")
     p.add_argument("--retry-failed", action="store_true", help="run the jobs recorded as failed again (a failure "
-                   "is otherwise recorded once and kept: it would most likely fail again)")
+                   "is otherwise recorded once and kept: it would most likely fail again), and time again the "
+                   "latencies that failed")
+    p.add_argument("--latency-target", default=None, help="time each architecture's deploy form on this target "
+                   "before any training and rank its latency as a rung: ort-cpu, torch-cpu, cuda, or none to skip "
+                   "(default: ort-cpu where onnxruntime is installed, else torch-cpu)")
+    p.add_argument("--latency-threads", type=int, default=1, help="the latency target's threads (default: 1)")
+    p.add_argument("--latency-batch", type=int, default=1, help="the latency target's batch size (default: 1)")
     plugins.add_import_flag(p)
     return p
 
@@ -717,11 +836,13 @@ def _main(argv: list[str] | None) -> int:
 
     args = _parser().parse_args(argv)
     plugins.import_modules(args.imports)
+    target = latency_target(args.latency_target, args.latency_threads, args.latency_batch)
     setup = _setup_from_args(args)
     out = CalibrationDir(args.out)
     stored = out.read_setup()
     if stored is not None:
         check_same_setup(stored, setup, out.path)
+        check_latency_target(out.read_archs(), target, out.path)
     elif out.path.exists() and any(out.path.iterdir()):
         raise OpmixError(f"--out {out.path} exists and is not a calibration folder; pick an empty or new folder")
     _cli.writable_dir(out.path, "--out")
@@ -735,7 +856,7 @@ def _main(argv: list[str] | None) -> int:
           f"the reference sees {ratio:.1f}x the training images x epochs of the costliest setting", flush=True)
     report = calibrate(setup, out, address=args.address, cpus_per_job=args.cpus_per_job,
                        log=lambda m: print(m, flush=True), data=data, imports=tuple(args.imports),
-                       retry_failed=args.retry_failed)
+                       retry_failed=args.retry_failed, latency=target)
     print_report(report)
     print(f"wrote {out.path / 'report.json'} and {out.path / 'calibration.png'}")
     if report["jobs_left"]:  # failed jobs are recorded: only jobs without any record make it incomplete
