@@ -35,6 +35,7 @@ import math
 import sys
 import textwrap
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,10 +44,17 @@ from . import _cli
 from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, save_figure, trial_label
 from .errors import OpmixError
 
-__all__ = ["pareto_mask", "hypervolume", "Noise", "noise_level", "analyze", "front_table", "confirmed_lines",
-           "noise_statement", "write_outputs", "plot_front", "plot_compare"]
+__all__ = ["OBJECTIVES", "pareto_mask", "hypervolume", "objectives_of", "within_budgets", "Noise", "noise_level",
+           "analyze", "front_table", "confirmed_lines", "noise_statement", "reference_text", "latency_text",
+           "write_outputs", "plot_front", "plot_compare"]
 
 PROG = "python -m nas.pareto"
+
+# The objectives a search may have (``--objectives``): accuracy up, then each cost down. Runs written before
+# latency existed have no ``objectives`` in config.yaml and are the first.
+OBJECTIVES = (("accuracy", "flops"), ("accuracy", "latency"), ("accuracy", "flops", "latency"))
+COST_KEYS = {"flops": "flops", "latency": "latency_ms"}  # objective -> the record's field
+COST_NAMES = {"flops": "FLOPs", "latency": "latency"}
 
 
 def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...] = (True, False)) -> np.ndarray:
@@ -69,24 +77,73 @@ def pareto_mask(points: np.ndarray, maximize: tuple[bool, ...] = (True, False)) 
     return mask
 
 
-def hypervolume(accuracy: np.ndarray, flops: np.ndarray, budget: float) -> float:
-    """Area dominated by the points, against the reference point (accuracy 0, FLOPs = budget), with FLOPs in
-    units of the budget: 1.0 would be 100 % accuracy at zero FLOPs. Points over the budget add nothing."""
+def hypervolume(accuracy: np.ndarray, costs: np.ndarray, reference: float | Sequence[float]) -> float:
+    """Volume dominated by the points against the reference point (accuracy 0, each cost at its ``reference``),
+    each cost in units of its reference, so 1.0 would be 100 % accuracy at no cost. ``costs`` is one column
+    (FLOPs, say: the area under the front's staircase) or an (n, k) array with ``reference`` a sequence of k;
+    two costs make it the volume of a union of boxes. Points beyond a reference, at accuracy 0 or with a NaN
+    add nothing. Exact: sliced along accuracy, then along each cost in turn."""
     acc = np.asarray(accuracy, dtype=float)
-    fl = np.asarray(flops, dtype=float) / budget
-    keep = ~np.isnan(acc) & ~np.isnan(fl) & (fl <= 1.0) & (acc > 0)
-    acc, fl = acc[keep], fl[keep]
+    cost = np.asarray(costs, dtype=float)
+    cost = cost[:, None] if cost.ndim == 1 else cost
+    ref = np.atleast_1d(np.asarray(reference, dtype=float))
+    if cost.shape != (acc.size, ref.size):
+        raise OpmixError(f"costs of shape {cost.shape} do not match {acc.size} accuracies and {ref.size} "
+                         f"reference values; pass one cost column per reference value")
+    cost = cost / ref
+    keep = ~np.isnan(acc) & ~np.isnan(cost).any(axis=1) & (cost <= 1.0).all(axis=1) & (acc > 0)
+    acc, cost = acc[keep], cost[keep]
     if acc.size == 0:
         return 0.0
-    front = pareto_mask(np.stack([acc, fl], axis=1))
-    order = np.argsort(fl[front])
-    acc_f, fl_f = acc[front][order], fl[front][order]
+    front = pareto_mask(np.column_stack([acc, cost]), (True,) + (False,) * ref.size)
+    acc, cost = acc[front], cost[front]
     volume, level = 0.0, 0.0
-    for a, f in zip(acc_f, fl_f):  # cheapest first; along the front accuracy rises with FLOPs
-        if a > level:
-            volume += (a - level) * (1.0 - f)
-            level = a
+    for a in np.unique(acc):  # ascending: the slab (level, a] of accuracy is what the points at a or above cover
+        volume += (a - level) * _cost_volume(cost[acc >= a])
+        level = a
     return volume
+
+
+def _cost_volume(cost: np.ndarray) -> float:
+    """The volume of the union of the boxes [c, 1] x ... (costs in units of their references) of the rows of
+    ``cost``: with one cost a length, else the sum over slices along the first cost of each slice's width
+    times the volume the rows that reach the slice cover in the other costs."""
+    if cost.shape[1] == 1:
+        return 1.0 - float(cost[:, 0].min())
+    cuts = np.unique(cost[:, 0])
+    edges = np.append(cuts[1:], 1.0)
+    return sum(float(hi - lo) * _cost_volume(cost[cost[:, 0] <= lo, 1:]) for lo, hi in zip(cuts, edges))
+
+
+def objectives_of(config: dict[str, Any]) -> tuple[tuple[str, ...], float | None]:
+    """The objectives and the latency budget in ms (or None) of a run's ``config.yaml`` (a dict): a run
+    written before latency existed has neither key, and is (accuracy, FLOPs) without a latency budget."""
+    given = config.get("objectives") or OBJECTIVES[0]
+    objectives = tuple(given.split(",") if isinstance(given, str) else given)
+    if objectives not in OBJECTIVES:
+        raise OpmixError(f"config.yaml: objectives {','.join(map(str, objectives))!r} are not one of "
+                         f"{', '.join(','.join(o) for o in OBJECTIVES)}; write one of these lists, or drop the key "
+                         f"for accuracy,flops")
+    latency = config.get("latency")
+    budget_ms = latency.get("budget_ms") if isinstance(latency, dict) else getattr(latency, "budget_ms", None)
+    if "latency" in objectives and latency is None:
+        raise OpmixError("config.yaml: objectives include latency but 'latency' (the target) is null; give the "
+                         "run a latency target, or write objectives: [accuracy, flops]")
+    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float))
+                                  or not budget_ms > 0):
+        raise OpmixError(f"config.yaml: latency budget_ms {budget_ms!r} is not a positive number of milliseconds; "
+                         f"write it as 12.0, or null for no latency budget")
+    return objectives, None if budget_ms is None else float(budget_ms)
+
+
+def within_budgets(record: dict[str, Any], budget: float | None, latency_budget_ms: float | None = None) -> bool:
+    """Whether a record lies within both budgets where given: FLOPs <= ``budget`` and ``latency_ms`` <=
+    ``latency_budget_ms``; a record without a latency figure is not within a latency budget."""
+    if budget is not None and record["flops"] > budget:
+        return False
+    if latency_budget_ms is None:
+        return True
+    return record.get("latency_ms") is not None and record["latency_ms"] <= latency_budget_ms
 
 
 class Noise(NamedTuple):
@@ -173,8 +230,9 @@ def _pool_by_fidelity(entries: list[dict[str, Any]]) -> None:
             e["complete"] = not e["missing"] and len(e["seeds"]) > 1
 
 
-def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
-    """The confirmed candidates within the budget, the pick first, then by mean (``_candidates``' entries,
+def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float | None,
+               latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
+    """The confirmed candidates within the budgets (``within_budgets``), the pick first, then by mean (``_candidates``' entries,
     with ``_pool_by_fidelity``'s fields, ``recommended``, ``noise`` (a ``Noise``; None for the pick) and
     ``within_noise`` (of the pick; None for the pick itself)).
 
@@ -185,7 +243,7 @@ def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget
     """
     entries = _candidates(records, done)
     _pool_by_fidelity(entries)  # every candidate at the fidelity, over the budget or not, shows seed noise
-    entries = [e for e in entries if e["record"]["flops"] <= budget]
+    entries = [e for e in entries if within_budgets(e["record"], budget, latency_budget_ms)]
     order = sorted(entries, key=lambda e: (-e["mean"], e["record"]["flops"]))
     pick = next((e for e in order if e["complete"]), order[0] if order else None)
     order = [pick] + [e for e in order if e is not pick] if pick else []
@@ -196,25 +254,58 @@ def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget
     return order
 
 
-def analyze(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
-    """The front of a run's records: counts by status, the front (cheapest first; ``completed`` records
-    only), the hypervolume, the confirmed candidates (``_confirmed``) and the recommended pick ``best`` (a
-    proxy record): with confirmations, the confirmed candidate with the best mean among those with all
-    their seeds (``pick``, its entry); else the most accurate completed trial within the budget
-    (``proxy_best``)."""
+def analyze(records: list[dict[str, Any]], budget: float | None, objectives: Sequence[str] = ("accuracy", "flops"),
+            latency_budget_ms: float | None = None) -> dict[str, Any]:
+    """The front of a run's records: counts by status, the front over ``objectives`` (one of ``OBJECTIVES``;
+    cheapest first; ``completed`` records only), the hypervolume, the confirmed candidates (``_confirmed``)
+    and the recommended pick ``best`` (a proxy record): with confirmations, the confirmed candidate with the
+    best mean among those with all their seeds (``pick``, its entry); else the most accurate completed trial
+    within the budgets (``proxy_best``). ``budget`` (FLOPs) and ``latency_budget_ms`` are None where the run
+    has none. A completed record without a figure for an objective (no ``latency_ms``) cannot be placed on
+    the front: it is left off and listed in ``unplaced``."""
+    objectives = tuple(objectives)
+    if objectives not in OBJECTIVES:
+        raise OpmixError(f"objectives {','.join(map(str, objectives))!r} are not one of "
+                         f"{', '.join(','.join(o) for o in OBJECTIVES)}; pass one of these")
+    keys = [COST_KEYS[o] for o in objectives[1:]]
     done = [r for r in records if r["status"] == "completed"]
-    pts = np.array([[r["accuracy"], r["flops"]] for r in done], dtype=float).reshape(-1, 2)
-    mask = pareto_mask(pts)
-    front = sorted((r for r, m in zip(done, mask) if m), key=lambda r: (r["flops"], -r["accuracy"]))
-    within = [r for r in done if r["flops"] <= budget]
+    placed = [r for r in done if all(r.get(k) is not None for k in keys)]
+    pts = np.array([[r["accuracy"]] + [r[k] for k in keys] for r in placed], dtype=float).reshape(-1, 1 + len(keys))
+    mask = pareto_mask(pts, (True,) + (False,) * len(keys))
+    front = sorted((r for r, m in zip(placed, mask) if m), key=lambda r: (*(r[k] for k in keys), -r["accuracy"]))
+    within = [r for r in done if within_budgets(r, budget, latency_budget_ms)]
     proxy_best = max(within, key=lambda r: (r["accuracy"], -r["flops"])) if within else None
-    confirmed = _confirmed(records, done, budget)
+    confirmed = _confirmed(records, done, budget, latency_budget_ms)
     pick = confirmed[0] if confirmed else None
+    reference = _reference(placed, objectives, budget, latency_budget_ms)
+    has_latency = ("latency" in objectives or latency_budget_ms is not None
+                   or any(r.get("latency_ms") is not None or r.get("latency") for r in records))
     return {"by_status": {s: sum(r["status"] == s for r in records) for s in STATUSES},
             "completed": done, "front": front, "best": pick["record"] if pick else proxy_best,
             "proxy_best": proxy_best, "confirmed": confirmed, "pick": pick,
             "stopped": [r for r in records if r["status"] == "stopped" and r.get("accuracy") is not None],
-            "hypervolume": hypervolume(pts[:, 0], pts[:, 1], budget)}
+            "hypervolume": (0.0 if None in reference.values()
+                            else hypervolume(pts[:, 0], pts[:, 1:], [reference[k] for k in keys])),
+            "objectives": objectives, "budget": budget, "latency_budget_ms": latency_budget_ms,
+            "reference": reference, "unplaced": [r for r in done if not any(r is p for p in placed)],
+            "latency": has_latency, "latency_target": _latency_target(records)}
+
+
+def _reference(placed: list[dict[str, Any]], objectives: tuple[str, ...], budget: float | None,
+               latency_budget_ms: float | None) -> dict[str, float | None]:
+    """The hypervolume's reference for each cost (a record field -> value): its budget, or where it has none
+    the largest value among the completed trials on the front's footing (None when there is none)."""
+    budgets = {"flops": budget, "latency_ms": latency_budget_ms}
+    out = {}
+    for key in (COST_KEYS[o] for o in objectives[1:]):
+        out[key] = budgets[key] if budgets[key] is not None else max((r[key] for r in placed), default=None)
+    return out
+
+
+def _latency_target(records: list[dict[str, Any]]) -> str | None:
+    """The target the records' latencies were taken on ('ort-cpu, 1 thread, batch 1'), or None."""
+    return next((r["latency"]["target"] for r in records if isinstance(r.get("latency"), dict)
+                 and r["latency"].get("target")), None)
 
 
 def front_table(analysis: dict[str, Any]) -> list[str]:
