@@ -49,26 +49,39 @@ def fidelity_of(settings: ProxySettings, data) -> dict[str, Any]:
     return {**knobs, "train_images": train, "val_images": min(MAX_VAL, len(data.val_x))}
 
 
-def _candidates(records: list[dict[str, Any]], budget: float, k: int, references: bool) -> list[dict[str, Any]]:
+def within_budgets(record: dict[str, Any], budget: float | None, latency_budget_ms: float | None = None) -> bool:
+    """Whether a record keeps to the FLOP budget (None: none) and the latency budget (None: none); a record
+    without a latency figure does not keep to a latency budget."""
+    if budget is not None and record["flops"] > budget:
+        return False
+    if latency_budget_ms is not None:
+        return record.get("latency_ms") is not None and record["latency_ms"] <= latency_budget_ms
+    return True
+
+
+def _candidates(records: list[dict[str, Any]], budget: float | None, k: int, references: bool,
+                latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
     from .pareto import analyze
 
-    front = [r for r in analyze(records, budget)["front"] if r["flops"] <= budget]
+    front = [r for r in analyze(records, budget if budget is not None else float("inf"))["front"]
+             if within_budgets(r, budget, latency_budget_ms)]
     top = sorted(front, key=lambda r: (-r["accuracy"], r["flops"]))[:k]
     refs = [r for r in records if references and r["status"] == "completed" and r.get("reference")
-            and r["flops"] <= budget]
+            and within_budgets(r, budget, latency_budget_ms)]
     return list({r["trial_id"]: r for r in top + refs}.values())  # a reference on the top of the front once
 
 
-def confirm_jobs(records: list[dict[str, Any]], budget: float, k: int, *, references: bool,
-                 seed: int, retry_failed: bool = False) -> list[dict[str, Any]]:
+def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *, references: bool,
+                 seed: int, retry_failed: bool = False, latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
     """The (candidate, seed) trainings still to do, best proxy accuracy first: the top ``k`` of the front
     within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it.
     A training recorded ``failed`` is done too (it would fail again), unless ``retry_failed``."""
     ended = ("confirmed",) if retry_failed else ("confirmed", "failed")
     done = {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
     return [{"confirms": r["trial_id"], "reference": r.get("reference"), "seed": s, "arch": r["arch"],
-             "flops": r["flops"], "params": r["params"]}
-            for r in _candidates(records, budget, k, references)
+             "flops": r["flops"], "params": r["params"],
+             **({"latency_ms": r["latency_ms"]} if r.get("latency_ms") is not None else {})}
+            for r in _candidates(records, budget, k, references, latency_budget_ms)
             for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
 
 
@@ -128,6 +141,7 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
                                            "wall_s": round(time.time() - self.started.get(trial.trial_id,
                                                                                           time.time()), 3)},
                                   confirms=job["confirms"], seed=job["seed"], fidelity=fidelity,
+                                  **({"latency_ms": job["latency_ms"]} if "latency_ms" in job else {}),
                                   **{k: last[k] for k in ("correct", "val_images") if k in last})
             run.append_trial(record)
             if status == "confirmed":

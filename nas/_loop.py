@@ -36,6 +36,7 @@ from typing import Any
 from ._confirm import CONFIRM_SHARE, confirm_settings
 from ._trial import error_text, trainable
 from .cluster import slots, start_ray
+from .errors import OpmixError
 from .flops import format_flops, measure_arch
 from .proxy import ProxySettings
 from .rundir import RunDir, append_line, trial_label
@@ -50,7 +51,7 @@ TRAINED = ("completed", "stopped", "failed")  # statuses of a candidate that has
 class SearchConfig:
     """Everything that defines a run; written to ``config.yaml`` and fixed for the run's life."""
 
-    budget: int
+    budget: int | None  # FLOPs; None: latency alone is the budget
     space: str = "hybrid"
     trials: int = 20
     epochs: int = 4
@@ -69,10 +70,31 @@ class SearchConfig:
     seed_references: bool = False
     confirm: int = 3  # candidates the confirmation rung retrains; 0: none
     confirm_max_train: int | None = None  # images per epoch of a confirmation; set when the run starts
+    objectives: tuple[str, ...] = ("accuracy", "flops")  # nas._costs.OBJECTIVES
+    # the latency target and budget: {target, threads, batch, dtype, budget_ms, table}, or None (nas.latency)
+    latency: dict[str, Any] | None = None
 
     # what --resume may not change
     FIXED = ("budget", "space", "dataset", "data_dir", "sampler", "seed", "epochs", "width_mult", "max_train",
-             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop", "confirm_max_train")
+             "batch_size", "image_size", "lr", "grace_period", "scale_windows", "early_stop", "confirm_max_train",
+             "objectives", "latency")
+
+    def __post_init__(self):
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as ``config.yaml`` holds it (plain lists and mappings)."""
+        return {**dataclasses.asdict(self), "objectives": list(self.objectives)}
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        return (self.latency or {}).get("budget_ms")
+
+    def costs(self, log=print):
+        """The run's budgets and objectives (``nas._costs.Costs``), with its latency table when it has a target."""
+        from ._costs import Costs
+
+        return Costs(self.budget, self.objectives, self.latency, measure_arch, log)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
@@ -165,7 +187,8 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     log = log or _clock_log(started, run.path / "search.log")
     space = load_space(run.space if run.space.is_file() else config.space)
     data = data or load_dataset(config.dataset, config.data_dir, seed=config.seed)
-    log(f"opmix search '{run.path.name}': space {space.name}, budget {format_flops(config.budget)}FLOPs, "
+    costs = config.costs(log)
+    log(f"opmix search '{run.path.name}': space {space.name}, {costs.describe()}, "
         f"{config.sampler} sampler, dataset {config.dataset} ({data.source}: {len(data.train_x)} train / "
         f"{len(data.val_x)} val images)")
 
@@ -175,8 +198,10 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     records = run.read_trials()
     candidates = [r for r in records if "confirms" not in r]  # a confirmation is no candidate
     trained = [r for r in candidates if r["status"] in TRAINED]
-    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), directions=["maximize", "minimize"],
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), directions=costs.directions,
                                 load_if_exists=resume, sampler=make_sampler(config.sampler, config.seed, config.trials))
+    if not study.metric_names:  # the names optuna-dashboard draws on its axes
+        study.set_metric_names(costs.metric_names)
     if resume:
         _close_interrupted(study, log)
         study.sampler = make_sampler(config.sampler, config.seed + len(study.trials), config.trials)
@@ -186,7 +211,10 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         for name in list_references():
             arch = load_reference(name)
             flops, _ = measure_arch(arch)
-            if flops <= config.budget and name not in done_refs:
+            if costs.flops_over(flops) <= 0 and name not in done_refs:
+                if costs.latency_budget is not None and (costs.latency_over(
+                        costs.latency_of(arch)["latency_ms"]) or 0) > 0:
+                    continue
                 references.append((name, arch))
         log(f"  references within the budget, trained first: {', '.join(n for n, _ in references) or 'none'}")
     remaining = config.trials - len([r for r in trained if not r.get("reference")])
@@ -195,9 +223,11 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
+        _keep_core_for_latency(costs, address, log)
         start_ray(address, imports)
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
-                                  measure=measure_arch, references=references, history=candidates, log=log)
+                                  measure=measure_arch, references=references, history=candidates, log=log,
+                                  costs=costs)
         proxy = config.proxy
         fn = tune.with_resources(
             tune.with_parameters(trainable, data=resize_data(data, proxy.image_size), proxy=proxy, seed=config.seed,
@@ -229,6 +259,8 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
                 error = None if trial is None else (
                     error_text(trial) or f"the trial failed; its error is under {run.ray}")
                 searcher.finish(trial_id, error=error)
+        if searcher._latency_hopeless():  # nothing can be trained: the latency budget is the user's to fix
+            raise OpmixError(searcher.gave_up.strip().removeprefix("stopping: "))
     if config.confirm:
         deadline = None if time_budget_s is None else started + time_budget_s
         _confirm_phase(config, run=run, data=data, session=f"{session}-confirm", address=address,
@@ -237,6 +269,23 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     from ._summary import summarize
 
     return summarize(run, config, started)
+
+
+def _keep_core_for_latency(costs, address: str | None, log) -> None:
+    """With a CPU latency target and Ray started here, keep the last ``threads`` cores free of trials: the
+    table's layers and the end-to-end checks are measured there (``nas.latency.pinned``), never beside a
+    training proxy. A Ray already running, or a cluster (``--address``), is left as it is."""
+    import ray
+
+    if costs.target is None or costs.target.name == "cuda" or address or ray.is_initialized():
+        return
+    from .latency import reserve_cores
+
+    left = reserve_cores(costs.target)
+    if left:
+        log(f"  {costs.target.threads} core(s) kept for latency measurements, {left} for training")
+    else:
+        log("  no core can be kept for latency measurements on this machine: they run beside the training")
 
 
 def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
@@ -248,7 +297,7 @@ def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, add
 
     def todo(retry: bool) -> list[dict[str, Any]]:
         return confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
-                            seed=config.seed, retry_failed=retry)
+                            seed=config.seed, retry_failed=retry, latency_budget_ms=config.latency_budget_ms)
 
     jobs = todo(retry_failed)
     left = None if deadline is None else deadline - time.time()

@@ -1,4 +1,4 @@
-"""A Ray Tune ``Searcher`` around an Optuna study that never hands Tune a candidate over the FLOP budget.
+"""A Ray Tune ``Searcher`` around an Optuna study that never hands Tune a candidate over its budgets.
 
 Why not Ray's ``OptunaSearch`` as it is: Optuna's constraints are values set on the Optuna trial,
 which a Ray trainable cannot reach, and ``OptunaSearch`` tells a trial that ASHA stopped early as COMPLETE
@@ -6,6 +6,8 @@ with its partial accuracy. Here the driver side does both: ``suggest`` asks the 
 (define-by-run, through ``Space.sample``), counts its full-size FLOPs, and if it breaks the budget (or a
 constraint of the space) records it ``infeasible``, tells Optuna so (constraint value > 0, which TPE and
 NSGA-II learn from, through ``Trial.set_constraint``) and asks again; only feasible candidates reach Ray.
+With a latency target (``nas._costs.Costs``) a candidate within the FLOP budget has its latency predicted
+(and, near the latency budget, measured) and is judged against the latency budget the same way.
 A candidate that breaks a cheap constraint of the space (widths that decrease, the total depth) is refused
 before its FLOPs are counted, and a network proposed again is never trained twice in one run: not when it
 trained before (its result is told to Optuna again), nor while the same network trains in another slot.
@@ -26,21 +28,26 @@ from typing import Any, Callable
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from ._costs import Costs
 from .rundir import RunDir, trial_label, trial_record
 from .arch import Arch
 from .space import Space
 
 MAX_REJECTIONS = 500  # consecutive infeasible candidates before the search gives up on the budget
 MAX_DUPLICATES = 200  # consecutive proposals of networks already trained or training: the space is used up
+# consecutive candidates over the latency budget, none feasible yet in the run: the budget lies below what the
+# space builds (each costs a latency prediction, seconds while the table is cold, so fewer than MAX_REJECTIONS)
+MAX_LATENCY_REJECTIONS = 50
 
 
 class BudgetSearcher(Searcher):
-    def __init__(self, *, study, space: Space, budget: int, epochs: int, run: RunDir,
+    def __init__(self, *, study, space: Space, budget: int | None, epochs: int, run: RunDir,
                  measure: Callable[[Arch], tuple[int, int]], references: list[tuple[str, Arch]] = (),
-                 history: list[dict[str, Any]] = (), log: Callable[[str], None] = print):
+                 history: list[dict[str, Any]] = (), log: Callable[[str], None] = print, costs: Costs | None = None):
         super().__init__(metric="accuracy", mode="max")
         self.study, self.space, self.budget, self.epochs, self.run = study, space, budget, epochs, run
         self.measure, self.log = measure, log
+        self.costs = costs or Costs(budget, ("accuracy", "flops"), None, measure, log)
         self.references = list(references)  # trained first, then the sampler takes over
         # arch -> the record of its training (or of its rejection) in this run: never trained or counted twice
         self.outcomes: dict[Arch, dict[str, Any]] = {
@@ -52,13 +59,17 @@ class BudgetSearcher(Searcher):
         self.rejected = self.duplicates = 0  # consecutive, since the last candidate launched
         self.reasons: dict[str, int] = {}  # why the rejected ones were rejected (since the last launch)
         self.least_over: int | None = None  # the cheapest over-budget FLOPs among them
+        self.fastest_over: float | None = None  # the fastest over-budget latency among them
+        self.fastest_seen: float | None = None  # the fastest latency of any candidate of this session
+        self.launched = any(r["status"] in ("completed", "stopped", "failed") for r in self.outcomes.values())
+        self.gave_up: str | None = None  # the give-up message, when the searcher stopped the search
 
     # ----------------------------------------------------------------------------------------- suggest
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.references:
             name, arch = self.references.pop(0)
             return self._launch(trial_id, arch, None, reference=name)
-        while self.rejected < MAX_REJECTIONS and self.duplicates < MAX_DUPLICATES:
+        while self.rejected < MAX_REJECTIONS and self.duplicates < MAX_DUPLICATES and not self._latency_hopeless():
             otrial = self.study.ask()
             arch = self.space.sample(otrial)
             if self._duplicate(otrial, arch):
@@ -66,18 +77,27 @@ class BudgetSearcher(Searcher):
                 continue
             violations = self.space.constraint_violations(arch)
             flops = params = None
-            timing = 0.0
+            timing, latency = 0.0, {}
             if not violations:  # cheap checks first: FLOPs are counted only for networks the space allows
                 t0 = time.perf_counter()
                 flops, params = self.measure(arch)
                 timing = time.perf_counter() - t0
-                if flops <= self.budget:
-                    self.rejected = self.duplicates = 0
-                    self.reasons, self.least_over = {}, None
-                    return self._launch(trial_id, arch, otrial, flops=flops, params=params, flops_seconds=timing)
-            self._reject(otrial, arch, violations, flops, params, timing)
-        self.log(self._give_up_message())
+                if self.costs.flops_over(flops) <= 0:  # then latency, for networks within the FLOP budget
+                    t0 = time.perf_counter()
+                    latency = self.costs.latency_of(arch)
+                    timing_latency = time.perf_counter() - t0
+                    if (self.costs.latency_over(latency.get("latency_ms")) or 0) <= 0:
+                        self.rejected = self.duplicates = 0
+                        self.reasons, self.least_over, self.fastest_over = {}, None, None
+                        return self._launch(trial_id, arch, otrial, flops=flops, params=params,
+                                            flops_seconds=timing, latency=latency, latency_seconds=timing_latency)
+            self._reject(otrial, arch, violations, flops, params, timing, latency)
+        self.gave_up = self._give_up_message()
+        self.log(self.gave_up)
         return Searcher.FINISHED
+
+    def _latency_hopeless(self) -> bool:
+        return not self.launched and self.reasons.get("over the latency budget", 0) >= MAX_LATENCY_REJECTIONS
 
     def _duplicate(self, otrial, arch: Arch) -> bool:
         """A network trained (or rejected) before in this run, or training now: its known outcome is told to
@@ -91,38 +111,58 @@ class BudgetSearcher(Searcher):
             return False
         otrial.set_user_attr("duplicate_of", before["trial_id"] if before is not None else
                              running["number"] if running["number"] is not None else f"ref-{running['reference']}")
-        if before is not None and before["status"] in ("completed", "infeasible") and before["flops"] is not None:
-            completed = before["status"] == "completed"
-            otrial.set_constraint("flops_over_budget", before["flops"] - self.budget if completed else
-                                  max(before["flops"] - self.budget, 1))
-            self.study.tell(otrial, [before["accuracy"] if completed else 0.0, before["flops"]])
-        elif before is not None and before["status"] == "infeasible":  # broke a constraint of the space
-            otrial.set_constraint("flops_over_budget", 1)
-            self.study.tell(otrial, [0.0, float(self.budget) * 2])
+        if before is not None and before["status"] in ("completed", "infeasible"):
+            self._tell_known(otrial, before)
         else:  # stopped early, failed, or training now: nothing to tell but that this proposal is not new
             self.study.tell(otrial, state=state.PRUNED if before is not None and before["status"] == "stopped"
                             else state.FAIL)
         return True
 
+    def _tell_known(self, otrial, record: dict[str, Any]) -> None:
+        """Tell ``otrial`` the outcome of an earlier record of the same network (completed or infeasible)."""
+        completed = record["status"] == "completed"
+        self._constrain(otrial, record["flops"], record.get("latency_ms"), feasible=completed)
+        self.study.tell(otrial, self.costs.values(record["accuracy"] if completed else 0.0, record["flops"],
+                                                  record.get("latency_ms")))
+
+    def _constrain(self, otrial, flops: int | None, latency_ms: float | None, *, feasible: bool) -> None:
+        """Set each budget's constraint on ``otrial``; an infeasible one breaks at least one (value >= 1)."""
+        values = self.costs.constraints(flops, latency_ms)
+        if not feasible:
+            broken = {k: v for k, v in values.items() if v > 0}
+            if not broken:  # a constraint of the space: every budget counts as broken
+                values = {k: max(v, 1.0) for k, v in values.items()} or {"space_constraints": 1.0}
+        for name, value in values.items():
+            otrial.set_constraint(name, value)
+
     def _reject(self, otrial, arch: Arch, violations: list[str], flops: int | None, params: int | None,
-                timing: float) -> None:
+                timing: float, latency: dict[str, Any] | None = None) -> None:
         """Record an infeasible candidate and tell Optuna (a constraint value > 0, which TPE and NSGA-II learn
-        from). A constraint of the space is checked before FLOPs are counted: then ``flops`` is None."""
+        from). A constraint of the space is checked before FLOPs are counted: then ``flops`` is None; latency
+        is predicted only within the FLOP budget."""
         self.rejected += 1
+        latency = latency or {}
+        latency_ms = latency.get("latency_ms")
         if violations:
             reason = "; ".join(violations)
             self.reasons["broke the space's constraints"] = self.reasons.get("broke the space's constraints", 0) + 1
-            otrial.set_constraint("flops_over_budget", 1)
-            self.study.tell(otrial, [0.0, float(self.budget) * 2])  # not counted: an objective past the budget
-        else:
+        elif self.costs.flops_over(flops) > 0:
             reason = f"{flops / 1e9:.2f} GFLOPs > budget"
             self.reasons["over the budget"] = self.reasons.get("over the budget", 0) + 1
             self.least_over = flops if self.least_over is None else min(self.least_over, flops)
-            otrial.set_constraint("flops_over_budget", max(flops - self.budget, 1))
+        else:
+            how = "measured" if latency["latency"]["measured_ms"] is not None else "predicted"
+            reason = f"{latency_ms:.2f} ms ({how}) > latency budget"
+            self.reasons["over the latency budget"] = self.reasons.get("over the latency budget", 0) + 1
+            self.fastest_over = latency_ms if self.fastest_over is None else min(self.fastest_over, latency_ms)
+        if latency_ms is not None:
+            self.fastest_seen = latency_ms if self.fastest_seen is None else min(self.fastest_seen, latency_ms)
+        if flops is not None:
             otrial.set_user_attr("flops", flops)
-            self.study.tell(otrial, [0.0, flops])
+        self._constrain(otrial, flops, latency_ms, feasible=False)
+        self.study.tell(otrial, self.costs.values(0.0, flops, latency_ms))
         record = trial_record(otrial.number, arch, "infeasible", flops, params,
-                              timings={"flops_s": round(timing, 3)}, error=None, note=reason)
+                              timings={"flops_s": round(timing, 3)}, error=None, note=reason, **latency)
         self.run.append_trial(record)
         self.outcomes[arch] = record
         self.log(f"  candidate {otrial.number}: infeasible ({reason}), not trained")
@@ -134,24 +174,40 @@ class BudgetSearcher(Searcher):
                     f"rejected or was training ({trained} trained so far): the space has few more to offer; widen "
                     f"the space, or ask for fewer --trials")
         why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.items())
+        if self._latency_hopeless():
+            return (f"  stopping: the first {MAX_LATENCY_REJECTIONS} candidates within the FLOP budget were all over "
+                    f"the latency budget of {self.costs.latency_budget:g} ms on {self.costs.target.describe()}; the "
+                    f"fastest network seen took {self.fastest_over:.2f} ms: raise --latency-budget above it, or "
+                    f"narrow the space to faster operators and smaller widths")
         least = (f"; the cheapest of them needed {self.least_over / 1e9:.3g} GFLOPs against the budget's "
                  f"{self.budget / 1e9:.3g} G" if self.least_over is not None else "")
+        if self.fastest_over is not None:
+            least += (f"; the fastest network seen took {self.fastest_over:.2f} ms against the latency budget's "
+                      f"{self.costs.latency_budget:g} ms")
+        raise_what = "raise --latency-budget" if "over the latency budget" in self.reasons else "raise --budget"
         return (f"  stopping: the last {MAX_REJECTIONS} candidates the sampler proposed were all infeasible ({why}"
-                f"{least}), and {trained} {'was' if trained == 1 else 'were'} trained; raise --budget, or narrow the space to cheaper widths, "
-                f"depths and operators")
+                f"{least}), and {trained} {'was' if trained == 1 else 'were'} trained; {raise_what}, or narrow the "
+                f"space to cheaper widths, depths and operators")
 
     def _launch(self, trial_id: str, arch: Arch, otrial, *, reference: str | None = None, flops: int | None = None,
-                params: int | None = None, flops_seconds: float = 0.0) -> dict[str, Any]:
+                params: int | None = None, flops_seconds: float = 0.0, latency: dict[str, Any] | None = None,
+                latency_seconds: float = 0.0) -> dict[str, Any]:
         if flops is None:
             t0 = time.perf_counter()
             flops, params = self.measure(arch)
             flops_seconds = time.perf_counter() - t0
+        if latency is None:
+            t0 = time.perf_counter()
+            latency = self.costs.latency_of(arch)
+            latency_seconds = time.perf_counter() - t0
         number = otrial.number if otrial is not None else None
+        self.launched = True
         if otrial is not None:
-            otrial.set_constraint("flops_over_budget", flops - self.budget)
+            self._constrain(otrial, flops, latency.get("latency_ms"), feasible=True)
             otrial.set_user_attr("flops", flops)
         self.live[trial_id] = {"otrial": otrial, "arch": arch, "flops": flops, "params": params,
                                "reference": reference, "accuracies": [], "flops_s": flops_seconds,
+                               "latency": latency, "latency_s": latency_seconds,
                                "started": time.time(), "number": number}
         return {"arch": arch.to_dict(), "flops": flops, "params": params, "candidate": number,
                 "reference": reference}
@@ -165,17 +221,18 @@ class BudgetSearcher(Searcher):
         arch, flops = live["arch"], live["flops"]
         if not self.space.contains(arch):
             return
-        scratch = optuna.create_study(directions=["maximize", "minimize"])  # only to learn the distributions
+        scratch = optuna.create_study(directions=self.costs.directions)  # only to learn the distributions
         scratch.enqueue_trial(self.space.params_of(arch))
         probe = scratch.ask()
         self.space.sample(probe)
         state = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}.get(
             status, optuna.trial.TrialState.FAIL)
         self.study.add_trial(optuna.trial.create_trial(
-            state=state, values=[live["accuracies"][-1], flops] if status == "completed" else None,
+            state=state, values=(self.costs.values(live["accuracies"][-1], flops, live["latency"].get("latency_ms"))
+                                 if status == "completed" else None),
             params=probe.params, distributions=probe.distributions,
             user_attrs={"reference": live["reference"], "flops": flops},
-            constraints={"flops_over_budget": flops - self.budget}))
+            constraints=self.costs.constraints(flops, live["latency"].get("latency_ms")) or None))
 
     # ----------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -216,7 +273,7 @@ class BudgetSearcher(Searcher):
             import optuna
 
             if status == "completed":
-                self.study.tell(otrial, [accs[-1], flops])
+                self.study.tell(otrial, self.costs.values(accs[-1], flops, live["latency"].get("latency_ms")))
             else:
                 self.study.tell(otrial, state=(optuna.trial.TrialState.PRUNED if status == "stopped"
                                                else optuna.trial.TrialState.FAIL))
@@ -230,8 +287,9 @@ class BudgetSearcher(Searcher):
                               accuracies=accs, reference=live["reference"], ray_trial_id=trial_id,
                               node=live.get("node"),
                               timings={"flops_s": round(live["flops_s"], 3),
+                                       **({"latency_s": round(live["latency_s"], 3)} if live["latency"] else {}),
                                        "train_s": round(live.get("train_s", 0.0), 3),
-                                       "wall_s": round(time.time() - live["started"], 3)})
+                                       "wall_s": round(time.time() - live["started"], 3)}, **live["latency"])
         self.run.append_trial(record)
         if status != "interrupted":
             self.outcomes[live["arch"]] = record

@@ -88,8 +88,10 @@ def load_run(path: str | Path) -> tuple[RunDir, dict[str, Any], list[dict[str, A
         raise OpmixError(f"{run.path}: not a run folder (no config.yaml); pass runs/NAME as python -m nas.search "
                          f"made it")
     config = run.read_config()
-    if not isinstance(config.get("budget"), (int, float)):
-        raise OpmixError(f"{run.config}: has no numeric 'budget'; was it written by python -m nas.search?")
+    if not (isinstance(config.get("budget"), (int, float))
+            or (config.get("budget") is None and (config.get("latency") or {}).get("budget_ms"))):
+        raise OpmixError(f"{run.config}: has neither a numeric 'budget' nor a latency budget; was it written by "
+                         f"python -m nas.search?")
     return run, config, run.read_trials()
 
 

@@ -25,7 +25,9 @@ from ._confirm import SEEDS
 from ._loop import SearchConfig, search
 from ._summary import print_summary
 from .errors import OpmixError
+from ._costs import check_objectives
 from .flops import format_flops, parse_budget
+from .latency import TARGETS, Target, parse_latency
 from .rundir import RunDir, atomic_write
 from .storage import storage_to_resume, storage_to_store
 
@@ -47,8 +49,20 @@ def _parser() -> _cli.Parser:
     p = _cli.Parser(prog=PROG, description="Search a space of conv/attention backbones for the most accurate "
                     "networks for their FLOPs under a budget (FLOPs: multiply-adds, deploy form).")
     d = SearchConfig(budget=1)
-    p.add_argument("--budget", required=True, help="the FLOP budget per image at the target input, e.g. "
-                   "4.5GFLOPs, 600M or 4.5e9 (one multiply-add = one FLOP)")
+    p.add_argument("--budget", default=None, help="the FLOP budget per image at the target input, e.g. "
+                   "4.5GFLOPs, 600M or 4.5e9 (one multiply-add = one FLOP); optional with --latency-budget")
+    p.add_argument("--latency-budget", default=None, metavar="MS",
+                   help="a latency budget on --latency-target, e.g. 12ms (a hard constraint beside the FLOP budget)")
+    p.add_argument("--latency-target", default=None,
+                   help=f"where latency is measured: {', '.join(TARGETS)} (default: ort-cpu, when a latency budget "
+                   f"or objective is asked for)")
+    p.add_argument("--latency-threads", type=int, default=None, help="intra-op threads of the latency target (default: 1)")
+    p.add_argument("--latency-batch", type=int, default=None, help="batch size of the latency target (default: 1)")
+    p.add_argument("--latency-table", default=None, metavar="PATH",
+                   help="the per-layer latency table to use and extend (default: one per target fingerprint in "
+                   "~/.cache/opmix/latency)")
+    p.add_argument("--objectives", default=None,
+                   help="what the front trades: accuracy,flops (default), accuracy,latency or accuracy,flops,latency")
     p.add_argument("--space", default=None, help=f"a space YAML file or a built-in name (default: {d.space})")
     p.add_argument("--trials", type=int, default=None,
                    help=f"candidates to train; ones rejected for the budget do not count (default: {d.trials})")
@@ -93,12 +107,14 @@ def _parser() -> _cli.Parser:
 
 def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
     given = {
-        "budget": parse_budget(args.budget), "space": args.space, "trials": args.trials, "epochs": args.epochs,
+        "budget": parse_budget(args.budget) if args.budget is not None else None, "space": args.space, "trials": args.trials, "epochs": args.epochs,
         "dataset": args.dataset, "data_dir": args.data_dir, "sampler": args.sampler, "seed": args.seed,
         "width_mult": args.width_mult, "max_train": args.max_train, "image_size": args.image_size,
         "grace_period": args.grace_period, "confirm": args.confirm,
         "early_stop": False if args.no_early_stop else None,
         "seed_references": True if args.seed_references else None,
+        "objectives": check_objectives(args.objectives) if args.objectives else None,
+        "latency": _latency_from_args(args),
     }
     given = {k: v for k, v in given.items() if v is not None}
     if previous is not None:
@@ -110,12 +126,34 @@ def _config_from_args(args, previous: dict[str, Any] | None) -> SearchConfig:
                   if k in previous}
         merged.update({k: v for k, v in given.items() if k in ("trials", "confirm", "seed_references")})
         return SearchConfig(**merged)
+    if "budget" not in given and not (given.get("latency") or {}).get("budget_ms"):
+        raise OpmixError("give a budget: --budget 4.5GFLOPs (FLOPs), --latency-budget 12ms (latency on "
+                         "--latency-target), or both")
+    given.setdefault("budget", None)
+    if "latency" in given.get("objectives", ()) and "latency" not in given:
+        given["latency"] = _latency_from_args(args, force=True)
     config = SearchConfig(**given)
     return dataclasses.replace(config, confirm_max_train=config.confirmation.max_train)  # fixed from now on
 
 
+def _latency_from_args(args, force: bool = False) -> dict[str, Any] | None:
+    """The ``latency`` entry of the configuration, when any latency flag (or ``force``) asks for one."""
+    flags = (args.latency_budget, args.latency_target, args.latency_threads, args.latency_batch, args.latency_table)
+    if not force and all(v is None for v in flags):
+        return None
+    target = Target(args.latency_target or "ort-cpu", args.latency_threads or 1, args.latency_batch or 1)
+    return {"target": target.name, "threads": target.threads, "batch": target.batch, "dtype": target.dtype,
+            "budget_ms": parse_latency(args.latency_budget) if args.latency_budget is not None else None,
+            "table": str(Path(args.latency_table).resolve()) if args.latency_table else None}
+
+
 def _validate(config: SearchConfig, args) -> None:
     from .data import DATASETS
+
+    if "latency" in config.objectives and not config.latency:
+        raise OpmixError("--objectives with latency needs a latency target: add --latency-target ort-cpu")
+    if config.latency:
+        config.costs(log=lambda _: None).target.check()  # the target can be measured here; the table is its own
 
     if config.sampler not in SAMPLERS:
         raise OpmixError(f"--sampler {config.sampler!r} is not known; use one of {', '.join(SAMPLERS)}")
@@ -133,20 +171,22 @@ def _validate(config: SearchConfig, args) -> None:
         raise OpmixError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
 
 
-def _run_name(args, budget: int) -> str:
+def _run_name(args, budget: int | None) -> str:
     if args.name:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
             raise OpmixError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only")
         return args.name
     if args.resume:
         raise OpmixError("--resume needs --name NAME of the run to continue")
-    return f"{format_flops(budget).replace(' ', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    what = (format_flops(budget).replace(' ', '') if budget is not None
+            else f"{parse_latency(args.latency_budget):g}ms" if args.latency_budget else "latency")
+    return f"{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.retry_failed and not args.resume:
         raise OpmixError("--retry-failed goes with --resume --name NAME: it trains again what a run recorded failed")
-    budget = parse_budget(args.budget)
+    budget = parse_budget(args.budget) if args.budget is not None else None
     runs_dir = Path(args.runs_dir)
     name = _run_name(args, budget)
     run = RunDir(runs_dir / name)
@@ -191,7 +231,7 @@ def _main(argv: list[str] | None) -> int:
         from .space import resolve_space_path
 
         study_name = f"opmix-{name}-{secrets.token_hex(4)}"
-        run.write_config({**dataclasses.asdict(config), "storage": storage_to_store(storage),
+        run.write_config({**config.to_dict(), "storage": storage_to_store(storage),
                           "study_name": study_name, "imports": imports, "time_budget_s": time_budget})
         atomic_write(run.space, resolve_space_path(config.space).read_bytes())  # the run keeps the space it searched
     try:
@@ -201,7 +241,7 @@ def _main(argv: list[str] | None) -> int:
                          imports=tuple(imports), retry_failed=args.retry_failed)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are kept in {run.trials}. Continue with:\n"
-              f"  {PROG} --budget {args.budget} --resume --name {name} --runs-dir {runs_dir}"
+              f"  {PROG} --resume --name {name} --runs-dir {runs_dir}"
               + (" --storage URL  (the full URL: its password is not kept)"
                  if storage and storage_to_store(storage) != storage else ""), file=sys.stderr)
         return 130
@@ -216,7 +256,9 @@ def is_bare_command(args) -> bool:
     """The bare command: ``--budget``, maybe ``--name``, ``--runs-dir``, ``--data-dir``, ``--seed``,
     ``--sampler``, ``--storage``, run on this machine with the default resources; nothing that sets its cost."""
     return (all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
-                                                   "image_size", "grace_period", "confirm", "address"))
+                                                   "image_size", "grace_period", "confirm", "address",
+                                                   "latency_budget", "latency_target", "latency_threads",
+                                                   "latency_batch", "latency_table", "objectives"))
             and not (args.resume or args.seed_references or args.no_early_stop or args.retry_failed)
             and args.cpus_per_trial == 1.0 and args.gpus_per_trial == 0.0)
 
