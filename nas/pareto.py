@@ -308,14 +308,65 @@ def _latency_target(records: list[dict[str, Any]]) -> str | None:
                  and r["latency"].get("target")), None)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _latency_columns(record: dict[str, Any]) -> str:
+    """' 12.30 12.10 12.30': the figure judged by, the predicted and the measured latency (ms; '-' for none)."""
+    lat = record.get("latency") or {}
+    return (f" {_ms(record.get('latency_ms')):>7s} {_ms(lat.get('predicted_ms')):>7s} "
+            f"{_ms(lat.get('measured_ms')):>7s}")
+
+
 def front_table(analysis: dict[str, Any]) -> list[str]:
-    """The front as text lines: '*' marks the recommended pick, references are named."""
-    lines = [f"  {'trial':>18s} {'accuracy':>9s} {'GFLOPs':>7s} {'params':>8s}  architecture (op xdepth width)"]
+    """The front as text lines: '*' marks the recommended pick, references are named; in a run with a
+    latency target, the latency judged by (ms), predicted and measured."""
+    ms = f" {'ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else ""
+    lines = [f"  {'trial':>18s} {'accuracy':>9s} {'GFLOPs':>7s}{ms} {'params':>8s}  architecture (op xdepth width)"]
     for r in analysis["front"]:
         mark = "*" if r is analysis["best"] else " "
-        lines.append(f"{mark} {trial_label(r):>18s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.3f} "
+        lat = _latency_columns(r) if ms else ""
+        lines.append(f"{mark} {trial_label(r):>18s} {r['accuracy']:9.4f} {r['flops'] / 1e9:7.3f}{lat} "
                      f"{r['params'] / 1e6:7.2f}M  {arch_line(r['arch'])}")
     return lines
+
+
+def latency_text(record: dict[str, Any]) -> str | None:
+    """A record's latency in words, '12.30 ms measured (IQR 0.40 ms; ort-cpu, 1 thread, batch 1)' or
+    '... predicted ...', or None where it has none."""
+    if record.get("latency_ms") is None:
+        return None
+    lat = record.get("latency") or {}
+    how = "measured" if lat.get("measured_ms") is not None else "predicted" if lat else ""
+    details = [f"IQR {lat['iqr_ms']:.2f} ms"] if lat.get("iqr_ms") is not None and how == "measured" else []
+    details += [lat["target"]] if lat.get("target") else []
+    return (f"{record['latency_ms']:.2f} ms" + (f" {how}" if how else "")
+            + (f" ({'; '.join(details)})" if details else ""))
+
+
+def objectives_text(analysis: dict[str, Any]) -> str:
+    """'accuracy x FLOPs x latency'."""
+    return " x ".join(COST_NAMES.get(o, o) for o in analysis["objectives"])
+
+
+def reference_text(analysis: dict[str, Any]) -> str:
+    """The hypervolume's reference point in words: 'accuracy 0, FLOPs = budget' for a run of old; a cost
+    without a budget stands at the largest value among the completed trials, and says so."""
+    parts = ["accuracy 0"]
+    for objective in analysis["objectives"][1:]:
+        key = COST_KEYS[objective]
+        value = analysis["reference"][key]
+        budget = analysis["budget"] if key == "flops" else analysis["latency_budget_ms"]
+        unit = (lambda v: f"{v / 1e9:.3g} G") if key == "flops" else (lambda v: f"{v:.3g} ms")
+        if budget is not None:
+            parts.append(f"{COST_NAMES[objective]} = budget" + ("" if key == "flops" else f" {unit(budget)}"))
+        elif value is None:
+            parts.append(f"{COST_NAMES[objective]}: no budget and no completed trial yet")
+        else:
+            parts.append(f"{COST_NAMES[objective]} = {unit(value)}, the largest among the completed trials "
+                         f"(no {COST_NAMES[objective]} budget)")
+    return ", ".join(parts)
 
 
 def _mean_sd(entry: dict[str, Any]) -> str:
@@ -338,14 +389,17 @@ def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
         return []
     fid = entries[0]["fidelity"]
     at = f"{fid['train_images']} images x {fid['epochs']} epochs" if "train_images" in fid else "a higher fidelity"
-    lines = [f"Confirmed ({at} per training; * the pick, the best mean with all its seeds within the budget; "
+    budgets = "the budgets" if analysis.get("latency_budget_ms") is not None else "the budget"
+    lines = [f"Confirmed ({at} per training; * the pick, the best mean with all its seeds within {budgets}; "
              f"~ within noise of it):",
-             f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}  architecture"]
+             f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}"
+             + (f" {'ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else "") + "  architecture"]
     for e in entries:
         mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
         r = e["record"]
         lines.append(f"{mark} {trial_label(r):>18s} {_mean_sd(e):>16s} {_seeds(e):>5s} {r['accuracy']:7.4f} "
-                     f"{r['flops'] / 1e9:7.3f}  {arch_line(r['arch'])}")
+                     f"{r['flops'] / 1e9:7.3f}{_latency_columns(r) if analysis.get('latency') else ''}  "
+                     f"{arch_line(r['arch'])}")
     return lines + textwrap.wrap(noise_statement(analysis), 118, initial_indent="  ", subsequent_indent="  ")
 
 
@@ -418,14 +472,25 @@ def noise_statement(analysis: dict[str, Any]) -> str | None:
     return text + f" ({_noise_basis(analysis)})"
 
 
-def _front_entry(record: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any]:
-    return {"trial_id": record["trial_id"], "reference": record.get("reference"), "accuracy": record["accuracy"],
-            "flops": record["flops"], "params": record["params"], "epochs": record.get("epochs"),
-            "recommended": record is best, "arch": record["arch"]}
+def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
+    lat = record.get("latency") or {}
+    return {"latency_ms": record.get("latency_ms"), "predicted_ms": lat.get("predicted_ms"),
+            "measured_ms": lat.get("measured_ms"), "iqr_ms": lat.get("iqr_ms")}
 
 
-def as_json(run: RunDir, analysis: dict[str, Any], budget: float) -> dict[str, Any]:
-    best = analysis["best"]
+def _front_entry(record: dict[str, Any], best: dict[str, Any] | None, latency: bool = False) -> dict[str, Any]:
+    entry = {"trial_id": record["trial_id"], "reference": record.get("reference"), "accuracy": record["accuracy"],
+             "flops": record["flops"], "params": record["params"], "epochs": record.get("epochs"),
+             "recommended": record is best, "arch": record["arch"]}
+    if latency:  # before arch, which stays last as in a run of old
+        entry = {**{k: v for k, v in entry.items() if k != "arch"}, **_latency_fields(record), "arch": record["arch"]}
+    return entry
+
+
+def as_json(run: RunDir, analysis: dict[str, Any], budget: float | None) -> dict[str, Any]:
+    """The analysis as one JSON object; a run with a latency target adds its objectives, latency budget,
+    target and hypervolume reference, and latency fields to each front and confirmed entry."""
+    best, latency = analysis["best"], analysis.get("latency")
     confirmed = [{"trial_id": e["trial_id"], "reference": e["reference"], "mean": e["mean"], "sd": e["sd"],
                   "seeds": e["seeds"], "accuracies": e["accuracies"], "proxy_accuracy": e["record"]["accuracy"],
                   "flops": e["record"]["flops"], "recommended": e["recommended"], "within_noise": e["within_noise"],
@@ -433,15 +498,25 @@ def as_json(run: RunDir, analysis: dict[str, Any], budget: float) -> dict[str, A
                   "noise_se": None if e["noise"] is None else e["noise"]._asdict(),
                   "pooled_seed_sd": None if math.isnan(e["pooled_sd"]) else e["pooled_sd"],
                   "fidelity": e["fidelity"], "arch": e["record"]["arch"]} for e in analysis["confirmed"]]
-    return {"run": str(run.path), "budget": budget, "hypervolume": analysis["hypervolume"],
+    if latency:
+        for entry, e in zip(confirmed, analysis["confirmed"]):
+            entry.update(_latency_fields(e["record"]))
+    data = {"run": str(run.path), "budget": budget, "hypervolume": analysis["hypervolume"],
             "trials": analysis["by_status"],
             "recommended": None if best is None else best["trial_id"],
-            "front": [_front_entry(r, best) for r in analysis["front"]],
+            "front": [_front_entry(r, best, latency) for r in analysis["front"]],
             "confirmed": confirmed, "noise": noise_statement(analysis)}
+    if latency:
+        data.update(objectives=list(analysis["objectives"]), latency_budget_ms=analysis["latency_budget_ms"],
+                    latency_target=analysis["latency_target"], hypervolume_reference=analysis["reference"],
+                    unplaced=[r["trial_id"] for r in analysis["unplaced"]])
+    return data
 
 
-def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_path: Path | None = None) -> list[Path]:
-    """``pareto.csv``, ``pareto.json`` and the plot; each written to a temporary name first, then renamed."""
+def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float | None,
+                  plot_path: Path | None = None) -> list[Path]:
+    """``pareto.csv``, ``pareto.json`` and the plot; each written to a temporary name first, then renamed.
+    With a latency target the csv gains ``latency_ms``, ``predicted_ms``, ``measured_ms`` and ``iqr_ms``."""
     written = []
     data = as_json(run, analysis, budget)
     path = run.path / "pareto.json"
@@ -450,73 +525,117 @@ def write_outputs(run: RunDir, analysis: dict[str, Any], budget: float, plot_pat
     path = run.path / "pareto.csv"
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"])
+    ms_keys = ["latency_ms", "predicted_ms", "measured_ms", "iqr_ms"] if analysis.get("latency") else []
+    writer.writerow(["trial_id", "reference", "accuracy", "flops", "gflops", *ms_keys, "params", "recommended",
+                     "arch"])
     for e in data["front"]:
+        ms = ["" if e[k] is None else f"{e[k]:.4f}" for k in ms_keys]
         writer.writerow([e["trial_id"], e["reference"] or "", f"{e['accuracy']:.6f}", e["flops"],
-                         f"{e['flops'] / 1e9:.4f}", e["params"], int(e["recommended"]), arch_line(e["arch"])])
+                         f"{e['flops'] / 1e9:.4f}", *ms, e["params"], int(e["recommended"]), arch_line(e["arch"])])
     atomic_write(path, text.getvalue())
     written.append(path)
     written.append(plot_front(run, analysis, budget, plot_path or run.path / "pareto.png"))
     return written
 
 
-def plot_front(run: RunDir, analysis: dict[str, Any], budget: float, path: Path) -> Path:
-    """Every evaluated trial in grey, the front joined as a staircase, the budget as a line, references named."""
-    fig, ax = _figure()
-    done, front, best, stopped = analysis["completed"], analysis["front"], analysis["best"], analysis["stopped"]
+def plot_front(run: RunDir, analysis: dict[str, Any], budget: float | None, path: Path) -> Path:
+    """Every evaluated trial in grey, the front joined as a staircase, the budget as a line, references named.
+    With a latency target, a second panel: accuracy against latency (ms), the latency budget dashed. A front
+    over both costs is drawn as points on each panel, not as a staircase (it is not one in either plane)."""
+    latency = analysis.get("latency")
+    fig, axes = _figure(2 if latency else 1)
+    panels = [(axes[0], "flops", 1e9, budget, f"budget {budget / 1e9:g} GFLOPs" if budget is not None else None)]
+    if latency:
+        ms = analysis["latency_budget_ms"]
+        panels.append((axes[1], "latency_ms", 1.0, ms, None if ms is None else f"latency budget {ms:g} ms"))
+    counts = analysis["by_status"]
+    title = (f"{run.path.name}: {counts['completed']} completed, {counts['stopped']} stopped, "
+             f"{counts['infeasible']} over budget, {counts['failed']} failed; "
+             f"hypervolume {analysis['hypervolume']:.3f}")
+    if latency:
+        fig.suptitle(title + f" over {objectives_text(analysis)}", fontsize=9)
+    else:
+        axes[0].set_title(title, fontsize=9)
+    for ax, key, scale, limit, label in panels:
+        widest = _panel(ax, analysis, key, scale, limit, label)
+        _style(ax, key, widest)
+    return _save(fig, path)
+
+
+def _panel(ax, analysis: dict[str, Any], key: str, scale: float, limit: float | None, label: str | None) -> float:
+    """One panel: accuracy against the record field ``key`` (divided by ``scale``); the records without it
+    are left out. Returns the widest x drawn (the limit's too)."""
+    def x(records):
+        return [r[key] / scale for r in records]
+
+    def having(records):
+        return [r for r in records if r.get(key) is not None]
+
+    done, front, best, stopped = (having(analysis["completed"]), having(analysis["front"]), analysis["best"],
+                                  having(analysis["stopped"]))
+    sole = analysis["objectives"][1:] == (next(o for o, k in COST_KEYS.items() if k == key),)
     if stopped:
-        ax.scatter([r["flops"] / 1e9 for r in stopped], [r["accuracy"] for r in stopped], marker="x", s=22,
+        ax.scatter(x(stopped), [r["accuracy"] for r in stopped], marker="x", s=22,
                    color="0.75", label=f"stopped early ({len(stopped)}, partial training)")
     if done:
-        ax.scatter([r["flops"] / 1e9 for r in done], [r["accuracy"] for r in done], s=22, color="0.55",
+        ax.scatter(x(done), [r["accuracy"] for r in done], s=22, color="0.55",
                    label=f"completed ({len(done)})")
     if front:
-        xs, ys = [r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front]
-        ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, zorder=3)
-        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=4, label=f"Pareto front ({len(front)})")
-    if analysis["confirmed"]:  # at their own, higher fidelity: not comparable point for point with the proxies
-        conf = analysis["confirmed"]
-        ax.errorbar([e["record"]["flops"] / 1e9 for e in conf], [e["mean"] for e in conf],
+        xs, ys = x(front), [r["accuracy"] for r in front]
+        if sole:
+            ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, zorder=3)
+        over = "" if sole else f"; over {objectives_text(analysis)}"
+        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=4, label=f"Pareto front ({len(front)}{over})")
+    conf = [e for e in analysis["confirmed"] if e["record"].get(key) is not None]
+    if conf:  # at their own, higher fidelity: not comparable point for point with the proxies
+        ax.errorbar(x([e["record"] for e in conf]), [e["mean"] for e in conf],
                     yerr=[e["sd"] or 0.0 for e in conf], fmt="D", ms=5, color="tab:green", capsize=3, zorder=4,
                     label=f"confirmed ({len(conf)}): mean ± sd over seeds")
-    if best is not None:
+    if best is not None and best.get(key) is not None:
         y = analysis["pick"]["mean"] if analysis["pick"] else best["accuracy"]
-        ax.scatter([best["flops"] / 1e9], [y], s=220, marker="*", color="tab:orange", zorder=5,
+        ax.scatter([best[key] / scale], [y], s=220, marker="*", color="tab:orange", zorder=5,
                    edgecolor="black", linewidth=0.6, label=f"recommended: {trial_label(best)}")
     for r in done:
         if r.get("reference"):
-            ax.annotate(r["reference"], (r["flops"] / 1e9, r["accuracy"]), textcoords="offset points",
+            ax.annotate(r["reference"], (r[key] / scale, r["accuracy"]), textcoords="offset points",
                         xytext=(5, -11), fontsize=8, color="tab:red")
-            ax.scatter([r["flops"] / 1e9], [r["accuracy"]], s=60, facecolors="none", edgecolors="tab:red",
+            ax.scatter([r[key] / scale], [r["accuracy"]], s=60, facecolors="none", edgecolors="tab:red",
                        zorder=4)
-    ax.axvline(budget / 1e9, color="tab:red", ls="--", lw=1, label=f"budget {budget / 1e9:g} GFLOPs")
-    counts = analysis["by_status"]
-    ax.set_title(f"{run.path.name}: {counts['completed']} completed, {counts['stopped']} stopped, "
-                 f"{counts['infeasible']} over budget, {counts['failed']} failed; "
-                 f"hypervolume {analysis['hypervolume']:.3f}", fontsize=9)
+    if limit is not None:
+        ax.axvline(limit / scale, color="tab:red", ls="--", lw=1, label=label)
     if not done and not stopped:
         ax.text(0.5, 0.5, "no trained trial yet", transform=ax.transAxes, ha="center", color="0.4")
-    return _finish(fig, ax, max([budget] + [r["flops"] for r in done + stopped]), path)
+    return max([0.0 if limit is None else limit / scale] + x(done + stopped))
 
 
-def _figure():
+def _figure(panels: int = 1):
+    """The figure and a list of its axes, one per panel side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 5.5), dpi=120, squeeze=False)
+    return fig, list(axes[0])
 
 
-def _finish(fig, ax, widest_flops: float, path: Path) -> Path:
-    """Axes labels, limits and legend; the figure saved through a temporary name, then closed."""
-    import matplotlib.pyplot as plt
+XLABELS = {"flops": "GFLOPs (full-size network, deploy form, multiply-adds)",
+           "latency_ms": "latency, ms (deploy form, the run's latency target; measured where it was, else predicted)"}
 
-    ax.set_xlabel("GFLOPs (full-size network, deploy form, multiply-adds)")
+
+def _style(ax, key: str, widest: float) -> None:
+    """Axes labels, limits and legend; ``widest`` in the panel's units (GFLOPs or ms)."""
+    ax.set_xlabel(XLABELS[key])
     ax.set_ylabel("validation accuracy (proxy; confirmed: mean over seeds)")
-    ax.set_xlim(0, widest_flops / 1e9 * 1.12)
+    ax.set_xlim(0, (widest or 1.0) * 1.12)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+
+
+def _save(fig, path: Path) -> Path:
+    """The figure saved through a temporary name, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -525,27 +644,33 @@ def _finish(fig, ax, widest_flops: float, path: Path) -> Path:
     return path
 
 
-def plot_compare(runs: list[tuple[RunDir, dict[str, Any], float]], path: Path) -> Path:
-    """The fronts of several runs on one plot: each run's completed trials faint, its front as a staircase,
-    its recommended pick as a star, and each distinct budget as a dashed line."""
-    fig, ax = _figure()
+def plot_compare(runs: list[tuple[RunDir, dict[str, Any], float | None]], path: Path) -> Path:
+    """The fronts of several runs on one plot against FLOPs: each run's completed trials faint, its front as a
+    staircase (as points where the front is over latency too), its recommended pick as a star, and each
+    distinct budget as a dashed line."""
+    fig, (ax,) = _figure()
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
     widest = 0.0
     for i, (run, analysis, budget) in enumerate(runs):
         color = colors[i % len(colors)]
         done, front, best = analysis["completed"], analysis["front"], analysis["best"]
-        widest = max([widest, budget] + [r["flops"] for r in done])
+        widest = max([widest] + ([] if budget is None else [budget]) + [r["flops"] for r in done])
         ax.scatter([r["flops"] / 1e9 for r in done], [r["accuracy"] for r in done], s=14, color=color, alpha=0.3)
         if front:
-            ax.step([r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front], where="post", color=color,
-                    lw=1.5, marker="o", ms=4, label=f"{run.path.name} (hypervolume {analysis['hypervolume']:.3f})")
+            flops_only = analysis["objectives"] == OBJECTIVES[0]
+            over = "" if flops_only else f" over {objectives_text(analysis)}"
+            ax.plot([r["flops"] / 1e9 for r in front], [r["accuracy"] for r in front],
+                    drawstyle="steps-post" if flops_only else "default", ls="-" if flops_only else "none",
+                    color=color, lw=1.5, marker="o", ms=4,
+                    label=f"{run.path.name} (hypervolume {analysis['hypervolume']:.3f}{over})")
         if best is not None:
             ax.scatter([best["flops"] / 1e9], [best["accuracy"]], s=160, marker="*", color=color, zorder=5,
                        edgecolor="black", linewidth=0.6)
-    for budget in sorted({b for _, _, b in runs}):
+    for budget in sorted({b for _, _, b in runs if b is not None}):
         ax.axvline(budget / 1e9, color="tab:red", ls="--", lw=1, label=f"budget {budget / 1e9:g} GFLOPs")
     ax.set_title(f"{len(runs)} runs: Pareto fronts (stars: each run's recommended pick)", fontsize=9)
-    return _finish(fig, ax, widest, path)
+    _style(ax, "flops", widest / 1e9)
+    return _save(fig, path)
 
 
 def _parser() -> _cli.Parser:
@@ -560,17 +685,51 @@ def _parser() -> _cli.Parser:
     return p
 
 
-def _print_run(run: RunDir, analysis: dict[str, Any], budget: float) -> None:
+def budget_text(analysis: dict[str, Any]) -> str:
+    """'budget 4 GFLOPs', 'budget 4 GFLOPs and 12 ms (ort-cpu, 1 thread, batch 1)' or 'budget 12 ms (...)'."""
+    parts = [] if analysis["budget"] is None else [f"{analysis['budget'] / 1e9:g} GFLOPs"]
+    if analysis.get("latency_budget_ms") is not None:
+        target = analysis.get("latency_target")
+        parts.append(f"{analysis['latency_budget_ms']:g} ms" + (f" ({target})" if target else ""))
+    return "budget " + " and ".join(parts) if parts else "no budget"
+
+
+def front_heading(analysis: dict[str, Any]) -> str:
+    """'Pareto front (proxy accuracy up, FLOPs down; * the recommended pick):'."""
+    costs = " and ".join(COST_NAMES[o] for o in analysis["objectives"][1:])
+    return f"Pareto front (proxy accuracy up, {costs} down; * the recommended pick):"
+
+
+def unplaced_line(analysis: dict[str, Any]) -> str | None:
+    """The completed trials left off the front for want of a latency figure, counted and named; None if none."""
+    off = analysis.get("unplaced") or []
+    if not off:
+        return None
+    names = ", ".join(trial_label(r) for r in off[:5]) + (", ..." if len(off) > 5 else "")
+    return (f"  {_plural(len(off), 'completed trial')} without a latency figure (latency_ms) left off the front: "
+            f"{names}")
+
+
+def hypervolume_line(analysis: dict[str, Any], name_objectives: bool = False) -> str:
+    """'  hypervolume 0.6250 (reference: accuracy 0, FLOPs = budget)' for a run of old; with a latency target
+    (or ``name_objectives``) it names the objectives it is over."""
+    over = f" over {objectives_text(analysis)}" if name_objectives or analysis.get("latency") else ""
+    return f"  hypervolume {analysis['hypervolume']:.4f}{over} (reference: {reference_text(analysis)})"
+
+
+def _print_run(run: RunDir, analysis: dict[str, Any], budget: float | None) -> None:
     s = analysis["by_status"]
-    print(f"{run.path}: budget {budget / 1e9:g} GFLOPs; {s['completed']} completed, {s['stopped']} stopped early, "
+    print(f"{run.path}: {budget_text(analysis)}; {s['completed']} completed, {s['stopped']} stopped early, "
           f"{s['infeasible']} rejected for the budget, {s['failed']} failed"
           + (f", {s['confirmed']} confirmation trainings" if s["confirmed"] else ""))
     if not analysis["front"]:
         print("no completed trial yet: the front is empty")
     else:
-        print("Pareto front (proxy accuracy up, FLOPs down; * the recommended pick):")
+        print(front_heading(analysis))
         print("\n".join(front_table(analysis)))
-        print(f"  hypervolume {analysis['hypervolume']:.4f} (reference: accuracy 0, FLOPs = budget)")
+        print(hypervolume_line(analysis))
+    if unplaced_line(analysis):
+        print(unplaced_line(analysis))
     if analysis["confirmed"]:
         print("\n".join(confirmed_lines(analysis)))
 
@@ -582,7 +741,8 @@ def _main(argv: list[str] | None) -> int:
     results, written = [], []
     for run, config, records in loaded:
         budget = config["budget"]
-        analysis = analyze(records, budget)
+        objectives, latency_budget_ms = objectives_of(config)
+        analysis = analyze(records, budget, objectives, latency_budget_ms)
         written += write_outputs(run, analysis, budget, Path(args.plot) if args.plot and not several else None)
         results.append((run, analysis, budget))
     if several:
@@ -603,9 +763,11 @@ def _main(argv: list[str] | None) -> int:
         for run, analysis, budget in results:
             best = analysis["best"]
             acc, gf = (f"{best['accuracy']:.4f}", f"{best['flops'] / 1e9:.3f}") if best else ("-", "-")
-            print(f"{run.path.name:30s} {budget / 1e9:6.3g}G {analysis['by_status']['completed']:9d} "
+            budget = "-" if budget is None else f"{budget / 1e9:.3g}G"
+            print(f"{run.path.name:30s} {budget:>7s} {analysis['by_status']['completed']:9d} "
                   f"{len(analysis['front']):5d} {acc:>13s} {gf:>7s} {analysis['hypervolume']:11.4f}")
-        print("(hypervolumes are against each run's own budget)")
+        print("(hypervolumes are against each run's own budget" + (
+            ", over its own objectives)" if any(a["latency"] for _, a, _ in results) else ")"))
     print("wrote " + ", ".join(str(p) for p in written))
     for run, analysis, _ in results:
         if analysis["best"] is not None:
