@@ -1,4 +1,4 @@
-"""python -m nas.calibrate: a real small calibration, its report, resume, and refusals."""
+"""python -m nas.calibrate: a real small calibration, its report, resume, and refusals; the latency rung."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.calibrate import REFERENCE, ZERO_COST, Setup, _jobs, analyze, check_same_setup, print_report, sample_archs
+from nas.calibrate import (REFERENCE, ZERO_COST, CalibrationDir, Setup, _jobs, analyze, check_latency_target,
+                           check_same_setup, measure_latencies, print_report, sample_archs)
 from nas.errors import OpmixError
+from nas.latency import Target, Timing
 from nas.space import load_space
 from nas.stats import kendall_tau_b
 from search_helpers import clean_env, run_cli, write_space, write_tiny_fashion
@@ -54,7 +56,8 @@ def workdir(tmp_path_factory):
 
 def args(workdir: Path, out: str = "out", settings: str = "settings.yaml", *extra) -> list[str]:
     return ["--out", str(workdir / out), "--budget", "80M", "--space", "mini.yaml", "--archs", str(ARCHS),
-            "--seeds", str(SEEDS), "--settings", settings, "--data-dir", "data", *extra]
+            "--seeds", str(SEEDS), "--settings", settings, "--data-dir", "data", "--latency-target", "torch-cpu",
+            *extra]
 
 
 def lines(path: Path) -> list[dict]:
@@ -100,7 +103,29 @@ def test_every_job_is_recorded_and_the_report_agrees_with_the_results(calibrated
     assert "tau-b" in result.stdout and "targets for 'default'" in result.stdout
 
 
-def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir, local_ray):
+def test_each_latency_is_stored_with_its_target_and_ranked_as_a_size_rung(calibrated):
+    """The architectures were timed on torch-cpu (real measurements, before any training): each figure is in
+    archs.jsonl with its IQR and the fingerprint, and the latency row ranks the stored figures, signed as FLOPs."""
+    out, result = calibrated
+    archs = lines(out / "archs.jsonl")
+    fingerprint = Target("torch-cpu").fingerprint()
+    for a in archs:
+        lat = a["latency"]
+        assert lat["target"] == fingerprint and lat["ms"] > 0 and lat["iqr_ms"] >= 0 and lat["runs"] >= 3
+    report = json.loads((out / "report.json").read_text())
+    row = {r["rung"]: r for r in report["rows"]}["latency"]
+    ref = {r["arch"]: r["accuracy"] for r in lines(out / "results.jsonl") if r["setting"] == REFERENCE}
+    assert row["kind"] == "size" and row["n"] == ARCHS
+    assert row["tau"] == pytest.approx(kendall_tau_b([a["latency"]["ms"] for a in archs],
+                                                     [ref[a["index"]] for a in archs]), nan_ok=True)
+    assert report["latency"]["timed"] == ARCHS and report["latency"]["target"] == fingerprint
+    assert report["latency"]["ms"] == [min(a["latency"]["ms"] for a in archs), max(a["latency"]["ms"] for a in archs)]
+    assert "latency: torch-cpu, 1 thread, batch 1" in result.stdout
+    timed = result.stdout.index("timing 4 architecture(s) on torch-cpu")
+    assert timed < result.stdout.index(" seed 0: ")  # every latency before the first job's result
+
+
+def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir, local_ray, monkeypatch):
     """Three finished jobs lost and a torn last line (a crash mid-write): the rerun trains exactly those three,
     and gets the same accuracies (a job is a function of arch, seed and settings)."""
     out, _ = calibrated
@@ -108,9 +133,13 @@ def test_a_rerun_continues_and_redoes_only_what_is_missing(calibrated, workdir, 
     original = path.read_text().splitlines()
     lost = [json.loads(x) for x in original[-3:]]
     path.write_text("\n".join(original[:-3]) + "\n" + original[-1][:25])
+    archs_before = (out / "archs.jsonl").read_bytes()
+    timed = []
+    monkeypatch.setattr("nas.latency.measure_arch_latency", lambda *a, **k: timed.append(a))
     with pytest.warns(UserWarning, match="an unreadable line"):  # the torn line is skipped, and said so
         result = calibrate_cli(*args(workdir), cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert timed == [] and (out / "archs.jsonl").read_bytes() == archs_before  # the stored latencies kept
     assert f"{JOBS - 3} jobs done, 3 to run" in result.stdout
     again = lines_tolerant(path)
     assert len(again) == JOBS
@@ -140,11 +169,122 @@ def test_a_changed_setup_is_refused_and_nothing_is_written(calibrated, workdir):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_latencies_of_another_target_are_refused_and_nothing_is_written(calibrated, workdir):
+    """The folder's latencies are torch-cpu at 1 thread: at 2 threads the rerun stops with one line that says how
+    to go on; with --latency-target none it goes on, ranking the stored figures and timing nothing."""
+    out, _ = calibrated
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = calibrate_cli(*args(workdir), "--latency-threads", "2", cwd=workdir)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "another target (threads 1 here 2)" in result.stderr and "--latency-target none" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(OpmixError, match="another target"):  # the library refuses as well
+        check_latency_target(lines(out / "archs.jsonl"), Target("torch-cpu", threads=2), out)
+    check_latency_target(lines(out / "archs.jsonl"), None, out)  # none: nothing to compare
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--latency-target", "tpu"], "latency target 'tpu' is not known"),
+    (["--latency-target", "cuda"], "sees no CUDA device"),
+    (["--latency-target", "ort-cpu"], "pip install 'opmix[export]'"),
+    (["--latency-threads", "0"], "latency threads 0"),
+])
+def test_a_bad_latency_target_is_one_line_exit_2_and_writes_nothing(workdir, tmp_path, monkeypatch, flags, needle):
+    import torch
+
+    if "cuda" in flags and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    monkeypatch.setattr("nas.export.onnx_available", lambda: False)  # as without the export extra
+    result = calibrate_cli(*args(workdir, str(tmp_path / "o")), *flags, cwd=workdir)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_the_default_latency_target_is_ort_cpu_where_onnxruntime_is_installed(monkeypatch):
+    from nas.calibrate import latency_target
+
+    monkeypatch.setattr("nas.export.onnx_available", lambda: False)
+    assert latency_target(None) == Target("torch-cpu") and latency_target("none") is None
+    monkeypatch.setattr("nas.export.onnx_available", lambda: True)
+    monkeypatch.setattr(Target, "check", lambda self: None)  # ort-cpu's packages need not be installed here
+    assert latency_target(None, 2, 4) == Target("ort-cpu", threads=2, batch=4)
+
+
+def _fake_timing(ms: float) -> Timing:
+    return Timing(ms, ms * 1.1, ms, ms * 1.2, (ms, ms * 1.05), 10)
+
+
+def test_an_interrupted_latency_measurement_continues_without_timing_anything_twice(tmp_path, monkeypatch):
+    """Latencies are written as they come: interrupted at the third, the rerun times the other three only; a
+    failed measurement is kept with its error (timed again only with retry_failed); a third call times nothing."""
+    archs = [{"index": i, "arch": {"i": i}, "flops": 10 * i, "params": i} for i in range(5)]
+    out = CalibrationDir(tmp_path)
+    out.write_archs(archs)
+    calls, interrupt = [], [True]
+
+    def measure(arch, target):  # a formula instead of a clock: 1 ms + 2 ms per index; arch 3 cannot be timed
+        calls.append(arch)
+        if arch == 2 and interrupt.pop():  # Ctrl-C during the first timing of arch 2
+            raise KeyboardInterrupt
+        if arch == 3:
+            raise RuntimeError("an operator the export cannot write")
+        return {"total": _fake_timing(1.0 + 2 * arch)}
+
+    monkeypatch.setattr("nas.latency.measure_arch_latency", measure)
+    monkeypatch.setattr("nas.calibrate.Arch.from_dict", staticmethod(lambda d: d["i"]))
+    target = Target("torch-cpu")
+    with pytest.raises(KeyboardInterrupt):
+        measure_latencies(out.read_archs(), target, out, log=lambda m: None)
+    interrupt.append(False)
+    stored = out.read_archs()
+    assert [("latency" in a) for a in stored] == [True, True, False, False, False] and calls == [0, 1, 2]
+    assert measure_latencies(stored, target, out, log=lambda m: None) == 3 and calls == [0, 1, 2, 2, 3, 4]
+    stored = out.read_archs()
+    assert [a["latency"].get("ms") for a in stored] == [1.0, 3.0, 5.0, None, 9.0]
+    assert stored[1]["latency"]["iqr_ms"] == pytest.approx(0.6) and stored[1]["latency"]["target"] == target.fingerprint()
+    assert "RuntimeError: an operator the export cannot write" in stored[3]["latency"]["error"]
+    assert measure_latencies(stored, target, out, log=lambda m: None) == 0 and len(calls) == 6
+    assert measure_latencies(stored, target, out, log=lambda m: None, retry_failed=True) == 1 and calls[-1] == 3
+
+
+def test_the_latency_rung_on_known_numbers_and_folders_without_it():
+    """Latency orders the six architectures as the reference does except arch 5, whose measurement failed: NaN,
+    left out and counted. Signed as FLOPs, the slower ranks higher: tau 1 over the five. Without any latency (a
+    folder from before) the report has no such row and no latency line."""
+    ref = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    fingerprint = Target("torch-cpu").fingerprint()
+    archs = [{"index": i, "flops": 100 - i, "params": 10 + i,
+              "latency": {**_fake_timing(2.0 + i).to_dict(), "seconds": 1.5, "target": fingerprint}} for i in range(5)]
+    archs.append({"index": 5, "flops": 95, "params": 15, "latency": {"error": "x", "seconds": 0.5, "target": fingerprint}})
+    results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(ref)]
+    results += [{"arch": i, "setting": "p", "seed": 0, "accuracy": a - 0.3, "seconds": 2.0} for i, a in enumerate(ref)]
+    report = analyze(_setup(seeds=1), archs, results, resamples=0)
+    rows = {r["rung"]: r for r in report["rows"]}
+    assert [r["rung"] for r in report["rows"]] == ["p", "flops", "params", "latency"]
+    lat = rows["latency"]
+    assert lat["kind"] == "size" and lat["tau"] == 1 and lat["n"] == 5 and lat["undefined"] == 1
+    assert lat["seconds_per_candidate"] == pytest.approx((5 * 1.5 + 0.5) / 6)  # failed included
+    assert rows["flops"]["seconds_per_candidate"] == 0.0
+    assert report["latency"] == {"target": fingerprint, "timed": 5, "failed": 1, "ms": [2.0, 6.0], "max_iqr_ms": 1.2}
+    printed = []
+    print_report(report, out=printed.append)
+    assert any(line.startswith("latency: torch-cpu, 1 thread, batch 1, ") and "2.00 to 6.00 ms (IQR at most 1.20)"
+               in line and "5 of 6 architectures timed, 1 failed" in line for line in printed), printed
+    for a in archs:
+        del a["latency"]
+    old = analyze(_setup(seeds=1), archs, results, resamples=0)
+    assert "latency" not in {r["rung"] for r in old["rows"]} and "latency" not in old
+    printed = []
+    print_report(old, out=printed.append)
+    assert not any("latency" in line for line in printed)
+
+
 @pytest.mark.parametrize("text,needle", [
     ("settings: {}", "at least one named setting"),
     ("settings: {a: {epochs: 0}}", "settings.a: epochs=0"),
     ("settings: {a: {}}\nreference: {max_train: lots}", "reference.max_train"),
     ("settings: {reference: {}}", "reserved"),
+    ("settings: {latency: {}}", "reserved"),
     ("proxies: {a: {}}", "'settings'"),
 ])
 def test_bad_settings_file_is_one_line_and_exit_2(workdir, tmp_path, text, needle):
