@@ -241,7 +241,8 @@ def test_an_interrupted_latency_measurement_continues_without_timing_anything_tw
     assert measure_latencies(stored, target, out, log=lambda m: None) == 3 and calls == [0, 1, 2, 2, 3, 4]
     stored = out.read_archs()
     assert [a["latency"].get("ms") for a in stored] == [1.0, 3.0, 5.0, None, 9.0]
-    assert stored[1]["latency"]["iqr_ms"] == pytest.approx(0.6) and stored[1]["latency"]["target"] == target.fingerprint()
+    assert stored[1]["latency"]["iqr_ms"] == pytest.approx(0.6)
+    assert stored[1]["latency"]["target"] == target.fingerprint()
     assert "RuntimeError: an operator the export cannot write" in stored[3]["latency"]["error"]
     assert measure_latencies(stored, target, out, log=lambda m: None) == 0 and len(calls) == 6
     assert measure_latencies(stored, target, out, log=lambda m: None, retry_failed=True) == 1 and calls[-1] == 3
@@ -255,7 +256,8 @@ def test_the_latency_rung_on_known_numbers_and_folders_without_it():
     fingerprint = Target("torch-cpu").fingerprint()
     archs = [{"index": i, "flops": 100 - i, "params": 10 + i,
               "latency": {**_fake_timing(2.0 + i).to_dict(), "seconds": 1.5, "target": fingerprint}} for i in range(5)]
-    archs.append({"index": 5, "flops": 95, "params": 15, "latency": {"error": "x", "seconds": 0.5, "target": fingerprint}})
+    archs.append({"index": 5, "flops": 95, "params": 15,
+                  "latency": {"error": "x", "seconds": 0.5, "target": fingerprint}})
     results = [{"arch": i, "setting": REFERENCE, "seed": 0, "accuracy": a} for i, a in enumerate(ref)]
     results += [{"arch": i, "setting": "p", "seed": 0, "accuracy": a - 0.3, "seconds": 2.0} for i, a in enumerate(ref)]
     report = analyze(_setup(seeds=1), archs, results, resamples=0)
