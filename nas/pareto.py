@@ -322,7 +322,7 @@ def _latency_columns(record: dict[str, Any]) -> str:
 def front_table(analysis: dict[str, Any]) -> list[str]:
     """The front as text lines: '*' marks the recommended pick, references are named; in a run with a
     latency target, the latency judged by (ms), predicted and measured."""
-    ms = f" {'ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else ""
+    ms = f" {'lat ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else ""
     lines = [f"  {'trial':>18s} {'accuracy':>9s} {'GFLOPs':>7s}{ms} {'params':>8s}  architecture (op xdepth width)"]
     for r in analysis["front"]:
         mark = "*" if r is analysis["best"] else " "
@@ -393,7 +393,7 @@ def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
     lines = [f"Confirmed ({at} per training; * the pick, the best mean with all its seeds within {budgets}; "
              f"~ within noise of it):",
              f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}"
-             + (f" {'ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else "") + "  architecture"]
+             + (f" {'lat ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else "") + "  architecture"]
     for e in entries:
         mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
         r = e["record"]

@@ -299,3 +299,283 @@ def test_cli_shows_confirmed_means_and_marks(tmp_path):
     assert entries[1]["seeds"] == [0, 1] and entries[1]["recommended"] and entries[1]["within_noise"] is None
     assert entries[2]["within_noise"] is True and entries["ref-resnet50"]["within_noise"] is False
     assert [e["trial_id"] for e in saved["front"]] == [0]  # the proxy front, without confirmations
+
+
+# --------------------------------------------------------------------------------- objectives and latency (issue 19)
+TARGET = "ort-cpu, 1 thread, batch 1"
+LATENCY = {"target": "ort-cpu", "threads": 1, "batch": 1, "dtype": "float32", "budget_ms": 20.0, "table": None}
+
+
+def timed(rec, ms, measured=None, iqr=None, predicted=None):
+    """``rec`` with the latency fields a run with a latency target writes: ``latency_ms`` is the measurement
+    where there is one, else the prediction."""
+    predicted = ms if predicted is None else predicted
+    return {**rec, "latency_ms": ms if measured is None else measured,
+            "latency": {"predicted_ms": predicted, "measured_ms": measured, "iqr_ms": iqr, "target": TARGET}}
+
+
+TIMED = [
+    timed(record(0, "completed", 0.70, 1.0e9), 30.0),  # cheap in FLOPs, slow
+    timed(record(1, "completed", 0.80, 2.0e9), 10.0, measured=12.0, iqr=0.5),  # judged by its measurement
+    timed(record(2, "completed", 0.75, 3.0e9), 8.0),  # fast, but FLOP-dominated by 1
+    timed(record(3, "completed", 0.90, 3.5e9), 25.0, measured=24.0, iqr=1.0),  # most accurate, over 20 ms
+    record(4, "completed", 0.95, 0.5e9),  # no latency figure: off any latency front
+    timed(record(5, "completed", 0.60, 1.5e9), 40.0),  # dominated in every plane
+    timed(record(6, "infeasible", None, 2.0e9), 50.0),
+]
+
+
+def test_front_over_accuracy_and_latency():
+    a = analyze(TIMED, 4e9, ("accuracy", "latency"), 20.0)
+    # (accuracy, latency_ms) of the placed completed trials: 0 (.70, 30), 1 (.80, 12), 2 (.75, 8), 3 (.90, 24), 5 (.60, 40)
+    placed = [r for r in TIMED if r["status"] == "completed" and "latency_ms" in r]
+    on = brute_front([[r["accuracy"], r["latency_ms"]] for r in placed])
+    assert [r["trial_id"] for r in a["front"]] == [2, 1, 3]  # fastest first
+    assert {r["trial_id"] for r, f in zip(placed, on) if f} == {2, 1, 3}
+    assert [r["trial_id"] for r in a["unplaced"]] == [4]  # counted, not silently dropped
+    # reference: accuracy 0, latency = the 20 ms budget; 3 (24 ms) lies beyond it and adds nothing:
+    # 2 covers [0, .75] x [8/20, 1], 1 adds (.80 - .75) x (1 - 12/20)
+    assert a["hypervolume"] == pytest.approx(0.75 * (1 - 8 / 20) + 0.05 * (1 - 12 / 20))
+    assert a["reference"] == {"latency_ms": 20.0}
+    # the pick: 4 (0.95) has no latency figure and 3 (0.90) is over 20 ms: neither is within both budgets
+    assert a["best"]["trial_id"] == 1 and a["latency"] and a["latency_target"] == TARGET
+
+
+def test_the_flop_front_ignores_latency_but_the_pick_respects_its_budget():
+    a = analyze(TIMED, 4e9, ("accuracy", "flops"), 20.0)
+    assert [r["trial_id"] for r in a["front"]] == [4]  # 0.95 at 0.5 G dominates every other trial on FLOPs
+    assert a["unplaced"] == [] and a["hypervolume"] == pytest.approx(0.95 * (1 - 0.5 / 4))
+    assert a["best"]["trial_id"] == 1  # 4 lacks a latency figure, 3 is over 20 ms
+    assert analyze(TIMED, 4e9)["best"]["trial_id"] == 4  # without a latency budget: the most accurate
+
+
+def test_three_objective_front():
+    # 0 is the cheapest in FLOPs and 2 the fastest: both stay on a 3-D front that neither 2-D front holds whole
+    recs = [timed(record(0, "completed", 0.8, 1e9), 30.0), timed(record(1, "completed", 0.8, 2e9), 20.0),
+            timed(record(2, "completed", 0.7, 3e9), 10.0), timed(record(3, "completed", 0.7, 3e9), 30.0)]
+    ids = lambda objectives: [r["trial_id"] for r in analyze(recs, 4e9, objectives)["front"]]
+    assert ids(("accuracy", "flops")) == [0]
+    assert ids(("accuracy", "latency")) == [2, 1]
+    assert ids(("accuracy", "flops", "latency")) == [0, 1, 2]  # 3 is dominated by 2 (and by 1 and 0)
+    rng = np.random.default_rng(1)
+    pts = np.round(rng.random((40, 3)), 1)  # ties and duplicates
+    many = [timed(record(i, "completed", float(p[0]), float(p[1]) * 1e9), float(p[2]) * 50) for i, p in enumerate(pts)]
+    expected = [i for i, on in enumerate(brute_front([[r["accuracy"], r["flops"], r["latency_ms"]] for r in many],
+                                                       (True, False, False))) if on]
+    assert sorted(r["trial_id"] for r in analyze(many, None, ("accuracy", "flops", "latency"))["front"]) == expected
+
+
+def union_of_boxes(points):
+    """Inclusion-exclusion: the volume of the union of the boxes [0, a] x [f, 1] x [l, 1], each intersection
+    being the box at (min a, max f, max l)."""
+    import itertools
+
+    total = 0.0
+    for k in range(1, len(points) + 1):
+        for subset in itertools.combinations(points, k):
+            a = min(p[0] for p in subset)
+            rest = [1 - max(p[i] for p in subset) for i in range(1, len(subset[0]))]
+            total += (-1) ** (k + 1) * a * math.prod(rest)
+    return total
+
+
+def grid_count(points, n=8):
+    """The union's volume by counting the cells of an n x n x n grid whose centres some box holds: exact when
+    every coordinate is a multiple of 1/n."""
+    centres = (np.arange(n) + 0.5) / n
+    a, f, l = np.meshgrid(centres, centres, centres, indexing="ij")
+    inside = np.zeros(a.shape, dtype=bool)
+    for p in points:
+        inside |= (a <= p[0]) & (f >= p[1]) & (l >= p[2])
+    return inside.sum() / n ** 3
+
+
+def test_hypervolume_in_three_dimensions_by_hand():
+    # A (.8, .5, .5), B (.6, .25, .75), C (.4, .75, .25), costs in units of their references (1 G, 10 ms):
+    # |A| = .8 .5 .5 = .2, |B| = .6 .75 .25 = .1125, |C| = .4 .25 .75 = .075; A^B = .6 .5 .25 = .075,
+    # A^C = .4 .25 .5 = .05, B^C = A^B^C = .4 .25 .25 = .025
+    by_hand = 0.2 + 0.1125 + 0.075 - 0.075 - 0.05 - 0.025 + 0.025
+    pts = [(0.8, 0.5, 0.5), (0.6, 0.25, 0.75), (0.4, 0.75, 0.25)]
+    assert union_of_boxes(pts) == pytest.approx(by_hand) and grid_count(pts, 40) == pytest.approx(by_hand)
+    acc = [p[0] for p in pts]
+    costs = [[p[1] * 1e9, p[2] * 10] for p in pts]
+    assert hypervolume(acc, costs, [1e9, 10]) == pytest.approx(0.2625)
+    # a dominated point, one beyond a reference and a NaN add nothing
+    more = [0.3, 0.99, NAN]
+    extra = [[0.9e9, 9.0], [0.1e9, 11.0], [0.1e9, 1.0]]
+    assert hypervolume(acc + more, costs + extra, [1e9, 10]) == pytest.approx(0.2625)
+    with pytest.raises(ValueError, match="reference"):
+        hypervolume(acc, costs, [1e9])
+
+
+def test_hypervolume_in_three_dimensions_against_a_grid_count():
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 4, 7):
+        pts = rng.integers(0, 9, size=(n, 3)) / 8  # multiples of 1/8, with ties
+        expected = grid_count([p for p in pts if p[0] > 0])
+        assert hypervolume(pts[:, 0], pts[:, 1:], [1.0, 1.0]) == pytest.approx(expected)
+        assert union_of_boxes([p for p in pts if p[0] > 0] or [(0, 0, 0)]) == pytest.approx(expected)
+
+
+def test_reference_without_a_budget_is_the_largest_completed_trial():
+    recs = [timed(record(0, "completed", 0.6, 1e9), 10.0), timed(record(1, "completed", 0.8, 2e9), 40.0),
+            timed(record(2, "stopped", 0.9, 3e9), 80.0)]  # a stopped trial does not set the reference
+    a = analyze(recs, None, ("accuracy", "flops", "latency"))
+    assert a["reference"] == {"flops": 2e9, "latency_ms": 40.0}
+    # 1 sits on the reference in both costs and adds nothing: 0 covers .6 x (1 - 1/2) x (1 - 10/40)
+    assert a["hypervolume"] == pytest.approx(0.6 * 0.5 * 0.75)
+    from nas.pareto import reference_text
+
+    text = reference_text(a)
+    assert text.startswith("accuracy 0, FLOPs = 2 G, the largest among the completed trials (no FLOPs budget)")
+    assert "latency = 40 ms, the largest among the completed trials (no latency budget)" in text
+    assert analyze(recs, 4e9)["hypervolume"] == pytest.approx(0.6 * 0.75 + 0.2 * 0.5)  # two arguments, as before
+
+
+def test_objectives_of_config():
+    from nas.pareto import objectives_of
+
+    assert objectives_of({"budget": 1}) == (("accuracy", "flops"), None)  # a run of old
+    assert objectives_of({"objectives": ["accuracy", "latency"], "latency": LATENCY}) == (("accuracy", "latency"), 20.0)
+    assert objectives_of({"objectives": ["accuracy", "flops"], "latency": {**LATENCY, "budget_ms": None}})[1] is None
+    with pytest.raises(ValueError, match="objectives 'flops,accuracy' are not one of accuracy,flops, accuracy,latency"):
+        objectives_of({"objectives": ["flops", "accuracy"]})
+    with pytest.raises(ValueError, match="'latency' .* is null"):
+        objectives_of({"objectives": ["accuracy", "latency"], "latency": None})
+    with pytest.raises(ValueError, match="budget_ms -3"):
+        objectives_of({"latency": {**LATENCY, "budget_ms": -3}})
+    with pytest.raises(ValueError, match="not one of"):
+        analyze(TIMED, 4e9, ("accuracy", "params"))
+
+
+def test_within_budgets():
+    from nas.pareto import within_budgets
+
+    r = timed(record(0, "completed", 0.5, 2e9), 15.0)
+    assert within_budgets(r, 4e9) and within_budgets(r, None, 15.0) and within_budgets(r, None)
+    assert not within_budgets(r, 1e9, 20.0) and not within_budgets(r, 4e9, 14.9)
+    assert not within_budgets(record(1, "completed", 0.5, 2e9), 4e9, 20.0)  # no latency figure
+
+
+LATENCY_CONFIRMED = [
+    timed(record(0, "completed", 0.80, 1.0e9), 30.0),  # the best confirmed mean, but over 20 ms
+    timed(record(1, "completed", 0.78, 2.0e9), 15.0, measured=16.0, iqr=0.4),
+    *({**confirmation(0, s, acc, 1.0e9), "latency_ms": 30.0} for s, acc in ((0, 0.85), (1, 0.86))),
+    *({**confirmation(1, s, acc, 2.0e9), "latency_ms": 16.0} for s, acc in ((0, 0.80), (1, 0.82))),
+]  # confirmations copy their candidate's latency_ms
+
+
+def test_the_latency_budget_excludes_a_confirmed_pick():
+    assert analyze(LATENCY_CONFIRMED, 4e9)["best"]["trial_id"] == 0  # FLOPs alone: the best mean
+    a = analyze(LATENCY_CONFIRMED, 4e9, ("accuracy", "flops"), 20.0)
+    assert a["best"]["trial_id"] == 1 and [e["trial_id"] for e in a["confirmed"]] == [1]
+    assert a["pick"]["mean"] == pytest.approx(0.81)
+    lines = "\n".join(nas.pareto.confirmed_lines(a))
+    row = next(line for line in lines.splitlines() if line.startswith("*"))
+    assert row.split()[7:12] == ["0.7800", "2.000", "16.00", "15.00", "16.00"]  # proxy, GFLOPs, ms judged by, predicted, measured
+
+
+OLD_CSV = ["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"]
+OLD_FRONT_KEYS = ["trial_id", "reference", "accuracy", "flops", "params", "epochs", "recommended", "arch"]
+
+
+def make_latency_run(path, records, objectives, budget=4e9, budget_ms=20.0):
+    run = RunDir(path)
+    run.write_config({"budget": None if budget is None else int(budget), "space": "hybrid",
+                      "dataset": "fashion-mnist", "objectives": list(objectives),
+                      "latency": {**LATENCY, "budget_ms": budget_ms}})
+    for r in records:
+        run.append_trial(r)
+    return run
+
+
+def png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width
+
+
+def test_cli_with_latency_writes_latency_columns_and_a_second_panel(tmp_path):
+    run = make_latency_run(tmp_path / "run", TIMED, ("accuracy", "latency"))
+    result = pareto_cli(run.path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"budget 4 GFLOPs and 20 ms ({TARGET})" in out
+    assert "Pareto front (proxy accuracy up, latency down; * the recommended pick):" in out
+    rows = {line.split()[2 if line.startswith("*") else 1]: line.split() for line in out.splitlines()
+            if "convnext x2 64" in line}
+    assert list(rows) == ["2", "1", "3"]
+    assert rows["1"][0] == "*" and rows["1"][5:8] == ["12.00", "10.00", "12.00"]  # judged, predicted, measured
+    assert rows["2"][4:7] == ["8.00", "8.00", "-"]  # predicted only
+    hv = 0.75 * (1 - 8 / 20) + 0.05 * (1 - 12 / 20)
+    assert (f"hypervolume {hv:.4f} over accuracy x latency (reference: accuracy 0, latency = budget 20 ms)"
+            in out)
+    assert "1 completed trial without a latency figure (latency_ms) left off the front: trial 4" in out
+    with open(run.path / "pareto.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == OLD_CSV[:5] + ["latency_ms", "predicted_ms", "measured_ms", "iqr_ms"] + OLD_CSV[5:]
+    assert [(r["trial_id"], r["latency_ms"], r["measured_ms"], r["iqr_ms"]) for r in table] == [
+        ("2", "8.0000", "", ""), ("1", "12.0000", "12.0000", "0.5000"), ("3", "24.0000", "24.0000", "1.0000")]
+    saved = json.loads((run.path / "pareto.json").read_text())
+    assert saved["objectives"] == ["accuracy", "latency"] and saved["latency_budget_ms"] == 20.0
+    assert saved["latency_target"] == TARGET and saved["unplaced"] == [4]
+    assert saved["hypervolume_reference"] == {"latency_ms": 20.0} and saved["hypervolume"] == pytest.approx(hv)
+    entry = saved["front"][1]
+    assert list(entry) == OLD_FRONT_KEYS[:-1] + ["latency_ms", "predicted_ms", "measured_ms", "iqr_ms", "arch"]
+    assert (entry["latency_ms"], entry["predicted_ms"], entry["measured_ms"]) == (12.0, 10.0, 12.0)
+    old = make_run(tmp_path / "old", RECORDS)
+    assert pareto_cli(old.path).returncode == 0
+    assert png_width(run.path / "pareto.png") == 2 * png_width(old.path / "pareto.png")  # two panels side by side
+
+
+def test_cli_an_old_style_run_is_unchanged(tmp_path):
+    run = make_run(tmp_path / "run", CONFIRMED)
+    result = pareto_cli(run.path)
+    assert result.returncode == 0, result.stderr
+    assert f"  hypervolume {0.80 * 0.75:.4f} (reference: accuracy 0, FLOPs = budget)\n" in result.stdout
+    assert f"{run.path}: budget 4 GFLOPs; 5 completed" in result.stdout
+    assert "pred ms" not in result.stdout and "latency" not in result.stdout  # no latency column anywhere
+    with open(run.path / "pareto.csv", newline="") as f:
+        assert next(csv.reader(f)) == OLD_CSV
+    saved = json.loads((run.path / "pareto.json").read_text())
+    assert list(saved) == ["run", "budget", "hypervolume", "trials", "recommended", "front", "confirmed", "noise"]
+    assert [list(e) for e in saved["front"]] == [OLD_FRONT_KEYS]
+    assert not any("latency" in key for e in saved["confirmed"] for key in e)
+
+
+def test_cli_three_objectives_and_no_flop_budget(tmp_path):
+    recs = [timed(record(0, "completed", 0.8, 1e9), 30.0), timed(record(1, "completed", 0.8, 2e9), 20.0),
+            timed(record(2, "completed", 0.7, 3e9), 10.0)]
+    run = make_latency_run(tmp_path / "run", recs, ("accuracy", "flops", "latency"), budget=5e9, budget_ms=None)
+    result = pareto_cli(run.path, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [e["trial_id"] for e in data["front"]] == [0, 1, 2] and data["latency_budget_ms"] is None
+    # reference (0, 5 G, 30 ms, the slowest): slabs of accuracy (0, .7] x area of all three, (.7, .8] x of 0 and 1
+    area3 = union_of_boxes([(1, 0.2, 1.0), (1, 0.4, 2 / 3), (1, 0.6, 1 / 3)])
+    area2 = union_of_boxes([(1, 0.2, 1.0), (1, 0.4, 2 / 3)])
+    assert data["hypervolume"] == pytest.approx(0.7 * area3 + 0.1 * area2)
+    assert data["hypervolume_reference"] == {"flops": 5e9, "latency_ms": 30.0}
+
+
+def test_cli_bad_objectives_is_one_line_exit_2(tmp_path):
+    run = make_latency_run(tmp_path / "run", TIMED, ("accuracy", "params"))
+    result = pareto_cli(run.path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "objectives 'accuracy,params' are not one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_summary_names_the_objectives_and_the_picks_latency(tmp_path, capsys):
+    from nas._summary import print_summary, summarize
+
+    run = make_latency_run(tmp_path / "run", TIMED, ("accuracy", "latency"))
+    summary = summarize(run, run.read_config())
+    print_summary(summary, 4_000_000_000)
+    out = capsys.readouterr().out
+    hv = 0.75 * (1 - 8 / 20) + 0.05 * (1 - 12 / 20)
+    assert f"hypervolume {hv:.4f} over accuracy x latency (reference: accuracy 0, latency = budget 20 ms)" in out
+    assert (f"best within the budgets (*): trial 1, accuracy 0.8000, 2.00 GFLOPs, 12.00 ms measured "
+            f"(IQR 0.50 ms; {TARGET}), 1.00 M params") in out
+    assert f"rejected for the budget 4 GFLOPs and 20 ms ({TARGET}) or the space's constraints" in out
+    old = make_run(tmp_path / "old", RECORDS)
+    print_summary(summarize(old, old.read_config()), 4_000_000_000)
+    out = capsys.readouterr().out
+    assert "over accuracy x FLOPs (reference: accuracy 0, FLOPs = budget)" in out and " ms" not in out
