@@ -1,21 +1,24 @@
-"""``python -m nas.pareto runs/NAME``: the Pareto front of accuracy against FLOPs of a search.
+"""``python -m nas.pareto runs/NAME``: the Pareto front of accuracy against FLOPs (or latency, or both) of a search.
 
-The front is the set of completed trials that no other completed trial beats in both objectives (proxy
-accuracy up, full-size deploy FLOPs down). Trials stopped early by ASHA (partial training), infeasible ones
-(over the budget, never trained), failed ones and confirmation trainings never enter it. Hypervolume: the
-area the front dominates against the reference point (accuracy 0, FLOPs = budget), with FLOPs in units of
-the budget, so 1.0 would be 100 % accuracy at no cost.
+The front is the set of completed trials that no other completed trial beats in every objective of the run
+(``objectives`` in ``config.yaml``: proxy accuracy up, full-size deploy FLOPs and/or ``latency_ms`` on the
+run's latency target down; accuracy and FLOPs for runs without the key). Trials stopped early by ASHA
+(partial training), infeasible ones (over a budget, never trained), failed ones and confirmation trainings
+never enter it, nor does a completed trial without a latency figure on a latency front (it is counted and
+named). Hypervolume: the area (volume, with three objectives) the front dominates against the reference
+point (accuracy 0, each cost at its budget, or at the largest among the completed trials where it has none),
+with each cost in units of its reference, so 1.0 would be 100 % accuracy at no cost.
 
 The recommended pick comes from the highest rung reached. When the run has confirmations (``nas._confirm``:
 the front's top K retrained at a higher fidelity with two seeds), it is the confirmed candidate within the
-budget with the best mean confirmed accuracy (the cheaper one on a tie) among those with all their seeds; a
-candidate whose second seed was cut off or failed is shown, not picked (and where none has all its seeds,
-the pick says it lacks them). Otherwise it is the most accurate completed trial within the budget (the
-cheaper one on a tie). Another confirmed candidate is *within noise* of the pick when the difference of their
-means is at most one standard error of it (``noise_level``): retraining noise from the seed sd pooled over
-every candidate confirmed at that fidelity, and the validation images' noise, paired from the two networks'
-per-image results on the same images (McNemar) where the records hold them (``correct``), else binomial.
-A screen at one standard error, not a significance test.
+budgets (FLOPs and, where the run has one, latency) with the best mean confirmed accuracy (the cheaper one on
+a tie) among those with all their seeds; a candidate whose second seed was cut off or failed is shown, not
+picked (and where none has all its seeds, the pick says it lacks them). Otherwise it is the most accurate
+completed trial within the budgets (the cheaper one on a tie). Another confirmed candidate is *within noise*
+of the pick when the difference of their means is at most one standard error of it (``noise_level``):
+retraining noise from the seed sd pooled over every candidate confirmed at that fidelity, and the validation
+images' noise, paired from the two networks' per-image results on the same images (McNemar) where the records
+hold them (``correct``), else binomial. A screen at one standard error, not a significance test.
 
 The command reads only ``config.yaml`` and ``trials.jsonl``, so it works on a finished run, on one that is
 still running and on an interrupted one. It prints the front as a table (or, with ``--json``, as one JSON
@@ -232,9 +235,9 @@ def _pool_by_fidelity(entries: list[dict[str, Any]]) -> None:
 
 def _confirmed(records: list[dict[str, Any]], done: list[dict[str, Any]], budget: float | None,
                latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
-    """The confirmed candidates within the budgets (``within_budgets``), the pick first, then by mean (``_candidates``' entries,
-    with ``_pool_by_fidelity``'s fields, ``recommended``, ``noise`` (a ``Noise``; None for the pick) and
-    ``within_noise`` (of the pick; None for the pick itself)).
+    """The confirmed candidates within the budgets (``within_budgets``), the pick first, then by mean
+    (``_candidates``' entries, with ``_pool_by_fidelity``'s fields, ``recommended``, ``noise`` (a ``Noise``;
+    None for the pick) and ``within_noise`` (of the pick; None for the pick itself)).
 
     The pick is the best mean (then fewer FLOPs) among the candidates with complete seeds. A candidate
     that lacks one (cut off, or failed) is shown but not picked: its mean rests on fewer seeds, and the
@@ -393,7 +396,8 @@ def confirmed_lines(analysis: dict[str, Any]) -> list[str]:
     lines = [f"Confirmed ({at} per training; * the pick, the best mean with all its seeds within {budgets}; "
              f"~ within noise of it):",
              f"  {'trial':>18s} {'mean ± sd':>16s} {'seeds':>5s} {'proxy':>7s} {'GFLOPs':>7s}"
-             + (f" {'lat ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else "") + "  architecture"]
+             + (f" {'lat ms':>7s} {'pred ms':>7s} {'meas ms':>7s}" if analysis.get("latency") else "")
+             + "  architecture"]
     for e in entries:
         mark = "*" if e["recommended"] else "~" if e["within_noise"] else " "
         r = e["record"]

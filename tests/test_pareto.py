@@ -327,7 +327,8 @@ TIMED = [
 
 def test_front_over_accuracy_and_latency():
     a = analyze(TIMED, 4e9, ("accuracy", "latency"), 20.0)
-    # (accuracy, latency_ms) of the placed completed trials: 0 (.70, 30), 1 (.80, 12), 2 (.75, 8), 3 (.90, 24), 5 (.60, 40)
+    # (accuracy, latency_ms) of the placed completed trials:
+    # 0 (.70, 30), 1 (.80, 12), 2 (.75, 8), 3 (.90, 24), 5 (.60, 40)
     placed = [r for r in TIMED if r["status"] == "completed" and "latency_ms" in r]
     on = brute_front([[r["accuracy"], r["latency_ms"]] for r in placed])
     assert [r["trial_id"] for r in a["front"]] == [2, 1, 3]  # fastest first
@@ -472,7 +473,8 @@ def test_the_latency_budget_excludes_a_confirmed_pick():
     assert a["pick"]["mean"] == pytest.approx(0.81)
     lines = "\n".join(nas.pareto.confirmed_lines(a))
     row = next(line for line in lines.splitlines() if line.startswith("*"))
-    assert row.split()[7:12] == ["0.7800", "2.000", "16.00", "15.00", "16.00"]  # proxy, GFLOPs, ms judged by, predicted, measured
+    # proxy accuracy, GFLOPs, then the latency judged by, predicted and measured
+    assert row.split()[7:12] == ["0.7800", "2.000", "16.00", "15.00", "16.00"]
 
 
 OLD_CSV = ["trial_id", "reference", "accuracy", "flops", "gflops", "params", "recommended", "arch"]
