@@ -48,7 +48,8 @@ from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, save_fi
 from .errors import OpmixError
 
 __all__ = ["OBJECTIVES", "pareto_mask", "hypervolume", "objectives_of", "within_budgets", "Noise", "noise_level",
-           "analyze", "front_table", "confirmed_lines", "noise_statement", "reference_text", "latency_text",
+           "analyze", "front_table", "front_heading", "confirmed_lines", "noise_statement", "budget_text",
+           "objectives_text", "reference_text", "hypervolume_line", "unplaced_line", "latency_text",
            "write_outputs", "plot_front", "plot_compare"]
 
 PROG = "python -m nas.pareto"
