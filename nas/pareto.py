@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _cli
+from ._costs import OBJECTIVES
 from .rundir import STATUSES, RunDir, arch_line, atomic_write, load_run, save_figure, trial_label
 from .errors import OpmixError
 
@@ -54,9 +55,8 @@ __all__ = ["OBJECTIVES", "pareto_mask", "hypervolume", "objectives_of", "within_
 
 PROG = "python -m nas.pareto"
 
-# The objectives a search may have (``--objectives``): accuracy up, then each cost down. Runs written before
-# latency existed have no ``objectives`` in config.yaml and are the first.
-OBJECTIVES = (("accuracy", "flops"), ("accuracy", "latency"), ("accuracy", "flops", "latency"))
+# OBJECTIVES (nas._costs): accuracy up, then each cost down. Runs written before latency existed have no
+# ``objectives`` in config.yaml and are the first.
 COST_KEYS = {"flops": "flops", "latency": "latency_ms"}  # objective -> the record's field
 COST_NAMES = {"flops": "FLOPs", "latency": "latency"}
 

@@ -581,3 +581,12 @@ def test_summary_names_the_objectives_and_the_picks_latency(tmp_path, capsys):
     print_summary(summarize(old, old.read_config()), 4_000_000_000)
     out = capsys.readouterr().out
     assert "over accuracy x FLOPs (reference: accuracy 0, FLOPs = budget)" in out and " ms" not in out
+
+
+def test_cli_latency_alone_as_the_budget(tmp_path):
+    run = make_latency_run(tmp_path / "run", TIMED, ("accuracy", "latency"), budget=None)
+    result = pareto_cli(run.path)
+    assert result.returncode == 0, result.stderr
+    assert f"{run.path}: budget 20 ms ({TARGET}); 6 completed" in result.stdout
+    saved = json.loads((run.path / "pareto.json").read_text())
+    assert saved["budget"] is None and saved["recommended"] == 1  # 4 lacks a latency figure, 3 is over 20 ms
