@@ -6,8 +6,10 @@ further apart than E-1 on an axis share the edge entry of the table (offsets are
 runs at the 32-px proxy resolution and the 224-px target with the same parameters. Inside windows of side
 <= E (Swin) the clamp never triggers and the table is exactly the paper's.
 
-Attention itself goes through ``F.scaled_dot_product_attention``; ``nas.flops`` counts it as
-2 x batch x heads x N_q x N_k x head_dim multiply-adds.
+Window and global attention go through ``F.scaled_dot_product_attention``; ``nas.flops`` counts it as
+2 x batch x heads x N_q x N_k x head_dim multiply-adds. Local attention (ACmix, SASA) reads each query's
+neighbours from ``neighbourhoods`` (stacked shifted slices, no multiply-adds) and multiplies with matmuls,
+which fvcore counts the same way.
 """
 
 from __future__ import annotations
@@ -86,6 +88,16 @@ class RelPosLogits(nn.Module):
         lw = torch.einsum("bnhwd,wkd->bnhwk", q, rw)
         logits = lh[..., :, None] + lw[..., None, :]  # (b, n, h, w, h', w')
         return logits.reshape(b, n, h * w, h * w)
+
+    def add_to(self, logits: torch.Tensor, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``logits + self(q, h, w)`` for (B, heads, h * w, h * w) logits, added in place as two broadcasts (the
+        height term, then the width term) so that no second (h w)^2 tensor of relative logits is built."""
+        b, n, _, d = q.shape
+        qg = q.reshape(b, n, h, w, d)
+        lh = torch.einsum("bnhwd,hkd->bnhwk", qg, self.rel_h[relative_index(h, self.extent, q.device)])
+        lw = torch.einsum("bnhwd,wkd->bnhwk", qg, self.rel_w[relative_index(w, self.extent, q.device)])
+        grid = logits.view(b, n, h, w, h, w)
+        return grid.add_(lh[..., :, None]).add_(lw[..., None, :]).view(b, n, h * w, h * w)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -199,6 +211,35 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     return out[:, :h, :w]
 
 
+def neighbourhoods(t: torch.Tensor, heads: int, kernel: int, stride: int = 1) -> torch.Tensor:
+    """Every ``stride``-th pixel's kernel x kernel neighbourhood of a (B, C, H, W) map, zero outside the map:
+    (B, heads, ceil(H/s) * ceil(W/s), kernel^2, C / heads), offsets row-major, each query's keys one contiguous
+    (kernel^2, d) matrix, the layout a batched matmul reads without another copy.
+
+    Built as kernel^2 shifted slices of the zero-padded channels-last map stacked in one copy, where
+    ``F.unfold`` writes (C kernel^2, n) and needs a second, transposing copy before the matmul (and becomes a
+    slow gather in ONNX Runtime); the values are the same.
+    """
+    b, c, h, w = t.shape
+    p = kernel // 2
+    ho, wo = -(-h // stride), -(-w // stride)
+    cl = t.view(b, heads, c // heads, h, w).permute(0, 1, 3, 4, 2).reshape(b * heads, h, w, c // heads)
+    padded = F.pad(cl, (0, 0, p, p, p, p))
+    rows, cols = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    shifted = [padded[:, dy:dy + rows:stride, dx:dx + cols:stride] for dy in range(kernel) for dx in range(kernel)]
+    return torch.stack(shifted, dim=3).view(b, heads, ho * wo, kernel * kernel, c // heads)
+
+
+def neighbourhood_inside(h: int, w: int, kernel: int, stride: int = 1,
+                         device: torch.device | None = None) -> torch.Tensor:
+    """(ceil(H/s) * ceil(W/s), kernel^2) booleans: which neighbour of ``neighbourhoods`` lies inside the map."""
+    off = torch.arange(kernel, device=device) - kernel // 2
+    ys = torch.arange(0, h, stride, device=device)[:, None] + off  # (ho, kernel) neighbour rows
+    xs = torch.arange(0, w, stride, device=device)[:, None] + off
+    iy, ix = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
+    return (iy[:, None, :, None] & ix[None, :, None, :]).reshape(ys.shape[0] * xs.shape[0], kernel * kernel)
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int,
                     kernel: int, stride: int) -> torch.Tensor:
     """Multi-head attention of each query over its kernel x kernel neighbourhood, on (B, C, H, W) maps.
@@ -206,23 +247,19 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torc
     ``pos`` (1, C / heads, H, W) is a positional encoding shared by the heads; a key at offset j is compared
     as ``q . (k_j + pos_centre - pos_j)`` (the relative form of ACmix and SASA). Queries are taken every
     ``stride`` pixels, so the output is (B, C, ceil(H/stride), ceil(W/stride)). Neighbours outside the map are
-    masked out, not padded in. The products are matmuls, so fvcore counts them.
+    masked out, not padded in. The products are matmuls, so fvcore counts them (heads x n x kernel^2 x d
+    multiply-adds each).
     """
     b, c, h, w = k.shape
-    d, kk, p = c // heads, kernel * kernel, kernel // 2
+    d = c // heads
     qs = q[:, :, ::stride, ::stride]
     ho, wo = qs.shape[-2:]
     n = ho * wo
-
-    def unfold(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, kk, n)
-        return F.unfold(t, kernel, padding=p, stride=stride).view(t.shape[0], t.shape[1], kk, n)
-
-    rel = pos[:, :, ::stride, ::stride].reshape(1, d, 1, n) - unfold(pos)  # (1, d, kk, n)
-    keys = unfold(k).view(b, heads, d, kk, n) + rel.unsqueeze(1)
-    qh = (qs * d ** -0.5).reshape(b, heads, d, n).permute(0, 1, 3, 2).unsqueeze(-2)  # (B, h, n, 1, d)
-    logits = qh @ keys.permute(0, 1, 4, 2, 3)  # (B, h, n, 1, kk)
-    inside = unfold(torch.ones(1, 1, h, w, dtype=q.dtype, device=q.device)) > 0  # (1, 1, kk, n)
-    logits = logits.masked_fill(~inside.permute(0, 1, 3, 2).unsqueeze(-2), float("-inf"))
-    vals = unfold(v).view(b, heads, d, kk, n).permute(0, 1, 4, 3, 2)  # (B, h, n, kk, d)
-    out = logits.softmax(dim=-1) @ vals  # (B, h, n, 1, d)
-    return out.squeeze(-2).permute(0, 1, 3, 2).reshape(b, c, ho, wo)
+    centre = pos[:, :, ::stride, ::stride].reshape(1, 1, d, n).transpose(-1, -2).unsqueeze(-2)  # (1, 1, n, 1, d)
+    keys = neighbourhoods(k, heads, kernel, stride) + (centre - neighbourhoods(pos, 1, kernel, stride))
+    qh = (qs * d ** -0.5).reshape(b, heads, d, n).transpose(-1, -2).unsqueeze(-2)  # (B, h, n, 1, d)
+    logits = qh @ keys.transpose(-1, -2)  # (B, h, n, 1, kk)
+    inside = neighbourhood_inside(h, w, kernel, stride, q.device)
+    logits = logits.masked_fill(~inside.unsqueeze(-2), float("-inf"))
+    out = logits.softmax(dim=-1) @ neighbourhoods(v, heads, kernel, stride)  # (B, h, n, 1, d)
+    return out.squeeze(-2).transpose(-1, -2).reshape(b, c, ho, wo)

@@ -24,6 +24,13 @@ attention pads the map then rolls it, as Swin for detection does, and the convol
 unpadded H x W map by the same amount. At deploy the BN after the bottleneck mixer folds: its scale into
 rate1 (which becomes per-channel) and into the shift conv, its shift into the shift conv's bias.
 
+Computation: the local attention reads each query's 7 x 7 neighbours from ``neighbourhoods`` (49 shifted slices
+of the padded map stacked into one copy, as fast in ONNX Runtime as in PyTorch), where the official code unfolds
+(``F.unfold``, a second transposing copy, and a slow gather once exported). That copy does no multiply-adds and
+is counted as none; a one-hot 7 x 7 depthwise conv would do the same copy with 49 multiply-adds per value, so the
+paper's shift-as-convolution trick is kept where the paper puts it, the conv path's 3 x 3 ``dep_conv``, whose
+multiply-adds are counted because that kernel is learned after its one-hot init and the deploy network runs it.
+
 Init as the official code (LeapLabTHU/ACmix): the shift conv one-hot ("shift"), rate1 = rate2 = 0.5; in
 ``layout="bottleneck"`` every other conv, the fc included, He normal fan-out with BN weight 1 and bias 0 and no
 zeroed last BN (``ResNet_ImageNet.py``, torchvision's init with ``zero_init_residual=False``); in

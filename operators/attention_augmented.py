@@ -11,6 +11,10 @@ paper leaves open; relative embeddings have a fixed extent (``rel_extent``, defa
 share the edge entries, so the block runs at any resolution. Re-parameterization folds the BN into the
 conv (its first out - d_v channels) and into the output projection (the last d_v).
 
+The attention is written out (q k^T, the relative terms added in place, softmax, times v) rather than
+through SDPA with the relative logits as its mask: d_k and d_v differ per head, so SDPA would take its math
+path, build a second (HW)^2 tensor for the bias and scan every row for -inf. Same numbers and multiply-adds.
+
 Init: no official PyTorch code is public, so the ResNet scheme of AA-ResNet's bottleneck (timm's
 ``resnet.py``): He normal fan-out on the conv, the q, k, v and output projections, biases 0, the last BN of the
 bottleneck zeroed; the relative embeddings N(0, 1 / d_k per head), as the paper's TensorFlow listing draws them.
@@ -23,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from ._attention import RelPosLogits, attend, merge_heads, split_heads
+from ._attention import RelPosLogits, merge_heads, split_heads
 from ._layers import NormActMixer, conv_with, fuse_bn, pool_ceil
 from ._registry import register_op
 from .resnet import Bottleneck
@@ -57,7 +61,11 @@ class AugmentedConv(NormActMixer):
         qkv = self.qkv(xa).flatten(2).transpose(1, 2)
         q, k, v = (split_heads(t, self.heads) for t in qkv.split([self.dk, self.dk, self.dv], dim=-1))
         q = q * (self.dk // self.heads) ** -0.5
-        att = merge_heads(attend(q, k, v, self.rel(q, h, w), scale=1.0)).transpose(1, 2).reshape(b, -1, h, w)
+        # softmax(q k^T + rel) v written out rather than through SDPA with rel as its mask: head dims of q and v
+        # differ (d_k != d_v), so SDPA takes its math path, which builds the (hw)^2 bias, adds it, and checks
+        # every row for -inf; here the relative terms go into the logits in place (multiply-adds as before)
+        logits = self.rel.add_to(q @ k.transpose(-1, -2), q, h, w)
+        att = merge_heads(logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, -1, h, w)
         return self.finish(torch.cat([conv, self.proj(att)], dim=1))
 
     def fold_bn(self, bn: nn.BatchNorm2d) -> None:

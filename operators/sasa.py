@@ -24,6 +24,10 @@ Departures:
 - The ``kernel`` is an extent a proxy scales (``extents``).
 - There is no official code; the attention stem of the fully attentional model is not part of this block.
 
+Computation: keys and values are read per query from ``neighbourhoods`` (kernel^2 shifted slices of the padded
+map stacked once, each query's neighbours one contiguous matrix for the matmuls), the border mask is index
+arithmetic; the earlier ``F.unfold`` needed a second, transposing copy and was a slow gather in ONNX Runtime.
+
 Re-parameterization: the BN after the attention folds into the v rows of the qkv projection (softmax rows sum to
 1 over the unmasked neighbours, and average pooling keeps constants).
 
@@ -36,9 +40,9 @@ head-dim scale timm's ``byoanet`` attention layers and BoTNet give theirs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._attention import neighbourhood_inside, neighbourhoods
 from ._layers import check_int, pool_ceil
 from ._registry import register_op
 from .bot import ValueNormMixer
@@ -53,25 +57,20 @@ def sasa_logits(q: torch.Tensor, k: torch.Tensor, rel_row: torch.Tensor, rel_col
     bsz, c, h, w = q.shape
     d, kk, n, d_row = c // heads, kernel * kernel, h * w, rel_row.shape[1]
     qh = (q * d ** -0.5).reshape(bsz, heads, d, n).transpose(-1, -2)  # (B, heads, n, d)
-    keys = F.unfold(k, kernel, padding=kernel // 2).view(bsz, heads, d, kk, n).permute(0, 1, 4, 2, 3)
-    logits = (qh.unsqueeze(-2) @ keys).squeeze(-2)  # q . k_j: (B, heads, n, kk)
+    logits = (qh.unsqueeze(-2) @ neighbourhoods(k, heads, kernel).transpose(-1, -2)).squeeze(-2)  # q . k_j
     # q . r_j with r_j = [r_row(dy); r_col(dx)]: row half against the row table, column half against the column one
     lr = qh[..., :d_row] @ rel_row  # (B, heads, n, kernel), one logit per row offset
     lc = qh[..., d_row:] @ rel_col  # one per column offset
     logits = logits + (lr[..., :, None] + lc[..., None, :]).reshape(bsz, heads, n, kk)
-    ones = torch.ones(1, 1, h, w, dtype=q.dtype, device=q.device)
-    inside = F.unfold(ones, kernel, padding=kernel // 2).transpose(1, 2).unsqueeze(1) > 0  # (1, 1, n, kk)
-    return torch.where(inside, logits, float("-inf"))
+    return logits.masked_fill(~neighbourhood_inside(h, w, kernel, device=q.device), float("-inf"))
 
 
 def sasa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_row: torch.Tensor, rel_col: torch.Tensor,
                    heads: int, kernel: int) -> torch.Tensor:
     """Local attention of every pixel over its kernel x kernel neighbourhood, (B, C, H, W) -> (B, C, H, W)."""
     bsz, c, h, w = v.shape
-    d, kk, n = c // heads, kernel * kernel, h * w
     attn = sasa_logits(q, k, rel_row, rel_col, heads, kernel).softmax(dim=-1)
-    vals = F.unfold(v, kernel, padding=kernel // 2).view(bsz, heads, d, kk, n).permute(0, 1, 4, 3, 2)
-    out = attn.unsqueeze(-2) @ vals  # (B, heads, n, 1, d)
+    out = attn.unsqueeze(-2) @ neighbourhoods(v, heads, kernel)  # (B, heads, n, 1, d)
     return out.squeeze(-2).transpose(-1, -2).reshape(bsz, c, h, w)
 
 

@@ -99,3 +99,36 @@ def test_relative_bias_is_the_papers_table_inside_its_extent():
     for i, j in [(0, 48), (48, 0), (10, 24), (24, 24)]:
         (y, x), (y2, x2) = divmod(i, 7), divmod(j, 7)
         torch.testing.assert_close(bias[:, i, j], table[y - y2 + 6, x - x2 + 6])
+
+
+def test_relative_logits_added_in_place_equal_the_built_bias():
+    rel = RelPosLogits(4, 3)
+    q, k = torch.randn(2, 3, 5 * 6, 4), torch.randn(2, 3, 5 * 6, 4)
+    logits = q @ k.transpose(-1, -2)
+    torch.testing.assert_close(rel.add_to(logits.clone(), q, 5, 6), logits + rel(q, 5, 6))
+
+
+@pytest.mark.parametrize("stride,size", [(1, 6), (2, 7)])
+def test_augmented_conv_equals_sdpa_with_the_relative_bias(stride, size):
+    """The written-out attention of AugmentedConv against its former form: SDPA with rel(q) as the mask."""
+    import torch.nn.functional as F
+
+    from operators.attention_augmented import AugmentedConv
+
+    torch.manual_seed(0)
+    mixer = AugmentedConv(24, stride, heads=3, rel_extent=4).eval()
+    x = torch.randn(2, 24, size, size)
+
+    def old(x):
+        xa = mixer.pool(x)
+        b, _, h, w = xa.shape
+        qkv = mixer.qkv(xa).flatten(2).transpose(1, 2)
+        q, k, v = (t.unflatten(-1, (mixer.heads, -1)).transpose(1, 2)
+                   for t in qkv.split([mixer.dk, mixer.dk, mixer.dv], dim=-1))
+        q = q * (mixer.dk // mixer.heads) ** -0.5
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mixer.rel(q, h, w), scale=1.0)
+        att = att.transpose(1, 2).reshape(b, h * w, -1).transpose(1, 2).reshape(b, -1, h, w)
+        return mixer.finish(torch.cat([mixer.conv(x), mixer.proj(att)], dim=1))
+
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), old(x), rtol=1e-4, atol=1e-5)
