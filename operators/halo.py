@@ -28,6 +28,10 @@ Departures:
 - A proxy scales ``block_size`` and ``halo_size`` with the map (``extents``); a block larger than the map is one
   padded block, i.e. masked global attention.
 
+Computation: keys outside the map are masked by putting -inf into the row term (r_h) of out-of-map rows and
+the column term (r_w) of out-of-map columns before the two are broadcast into the bias, so the bias is built in
+one pass with no separate masking pass over the (b/s)^2 x (b + 2h)^2 logits of each block.
+
 Re-parameterization: the BN after the attention folds into the v rows of the k/v projection (softmax rows sum
 to 1 over the unmasked keys, and average pooling keeps constants).
 
@@ -58,6 +62,15 @@ def halo_offsets(block: int, halo: int, step: int, device: torch.device | None =
     return k[None, :] - q[:, None] + block + halo - 1
 
 
+def _outside(size: int, block: int, halo: int, blocks: int, like: torch.Tensor) -> torch.Tensor:
+    """(blocks, block + 2 halo): 0 where window position j of block i lies inside an axis of ``size`` pixels,
+    -inf where it falls on the padding."""
+    first = torch.arange(blocks, device=like.device)[:, None] * block - halo  # each window's first pixel
+    pos = first + torch.arange(block + 2 * halo, device=like.device)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where((pos >= 0) & (pos < size), zero, float("-inf"))
+
+
 def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
                    heads: int, block: int, halo: int, step: int) -> torch.Tensor:
     """Blocked local attention; returns (B, C, H', W') like ``q``.
@@ -79,15 +92,16 @@ def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: tor
         t = F.unfold(F.pad(t, pad), win, stride=block).view(t.shape[0], -1, d, win * win, nh * nw)
         return t.permute(0, 1, 4, 3, 2)
 
-    ones = torch.ones(1, 1, h, w, dtype=k.dtype, device=k.device)
-    inside = F.unfold(F.pad(ones, pad), win, stride=block) > 0  # (1, win^2, blocks): key inside the map
     idx = halo_offsets(block, halo, step, q.device)
     # q . r_h(key row - query row), batched over the query row y: (..., y, x, d) @ (y, d, win) -> (..., y, x, win);
     # the same over the query column for r_w. Matmuls rather than einsums: fvcore counts those exactly.
     lh = q @ rel_h[idx].transpose(1, 2)
     lw = (q.transpose(3, 4) @ rel_w[idx].transpose(1, 2)).transpose(3, 4)
-    rel = (lh[..., :, None] + lw[..., None, :]).reshape(bsz, heads, nh * nw, bq * bq, win * win)
-    bias = torch.where(inside.transpose(1, 2).reshape(1, 1, nh * nw, 1, win * win), rel, float("-inf"))
+    # A key is outside the map when its row or its column is: -inf goes into the row term of the one and the
+    # column term of the other (per block row / column), so the bias needs no separate masking pass.
+    lh = (lh.view(bsz, heads, nh, nw, bq, bq, win) + _outside(h, block, halo, nh, k)[:, None, None, None, :])
+    lw = (lw.view(bsz, heads, nh, nw, bq, bq, win) + _outside(w, block, halo, nw, k)[None, :, None, None, :])
+    bias = (lh[..., :, None] + lw[..., None, :]).reshape(bsz, heads, nh * nw, bq * bq, win * win)
     # SDPA on 4D tensors (heads x blocks as one axis), the form ONNX export takes
     fold = (bsz, heads * nh * nw)
     out = attend(q.reshape(*fold, bq * bq, d), windows(k).reshape(*fold, win * win, d),
