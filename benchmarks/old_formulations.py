@@ -1,6 +1,7 @@
 """The formulations that issue 19 replaced, kept to time the new ones against (``bench_operators.py
---compare-old``): local attention and SASA by ``F.unfold`` of keys and values, NAT by index gathers, HaloNet by
-an unfolded window per block, attention-augmented convolution through SDPA with a materialised relative bias.
+--compare-old``): ACmix's local attention and SASA by ``F.unfold`` of keys and values, HaloNet with a separate
+``torch.where`` masking pass over its bias, attention-augmented convolution through SDPA with a materialised
+relative bias. (NAT's index gather is unchanged, so it has no old form here.)
 
 ``old_form(module)`` wraps a built operator so that its forward (and an ONNX export traced through it) runs the
 old code with the same weights; the current code is untouched outside the wrapper's call.
@@ -18,11 +19,9 @@ from torch import nn
 import operators.acmix
 import operators.attention_augmented
 import operators.halo
-import operators.nat
 import operators.sasa
 from operators._attention import attend, merge_heads, split_heads
 from operators.halo import halo_offsets
-from operators.nat import neighborhood_windows
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int,
@@ -84,20 +83,6 @@ def sasa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_row: t
     return out.squeeze(-2).transpose(-1, -2).reshape(bsz, c, h, w)
 
 
-def old_neighborhood_attention(q, k, v, rpb, h, w, kernel, backend="torch"):
-    """The pure-torch path as it was: every query's k^2 keys and values gathered by an index tensor."""
-    b, n, _, d = q.shape
-    ky, by = neighborhood_windows(h, kernel, q.device)
-    kx, bx = neighborhood_windows(w, kernel, q.device)
-    kk = ky.shape[1] * kx.shape[1]
-    idx = (ky[:, None, :, None] * w + kx[None, :, None, :]).reshape(h * w, kk)  # flat key index per query
-    bias = rpb[:, by[:, None, :, None], bx[None, :, None, :]].reshape(n, h * w, 1, kk)
-    keys = k[:, :, idx]  # (B, heads, h * w, kk, d)
-    logits = q.unsqueeze(-2) @ keys.transpose(-1, -2) + bias  # (B, heads, h * w, 1, kk)
-    out = logits.softmax(dim=-1) @ v[:, :, idx]  # (B, heads, h * w, 1, d)
-    return out.squeeze(-2)
-
-
 def halo_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
                    heads: int, block: int, halo: int, step: int) -> torch.Tensor:
     """Blocked local attention; returns (B, C, H', W') like ``q``.
@@ -153,14 +138,12 @@ OLD_FORMS = {
     "acmix": ({},),
     "attention_augmented": ({},),
     "sasa": ({},),
-    "nat": ({},),
     "halo": ({},),
 }
 
 PATCHES = (
     (operators.acmix, "local_attention", local_attention),
     (operators.sasa, "sasa_attention", sasa_attention),
-    (operators.nat, "neighborhood_attention", old_neighborhood_attention),
     (operators.halo, "halo_attention", halo_attention),
     (operators.attention_augmented.AugmentedConv, "forward", old_augmented_forward),
 )
