@@ -22,7 +22,7 @@ import torch
 
 from nas.arch import Arch
 from nas.export import _import_file, export
-from nas.pareto import analyze
+from nas.pareto import analyze, objectives_of
 from nas.rundir import load_run
 from nas.flops import measure_arch
 from nas.space import load_reference
@@ -84,7 +84,7 @@ def main() -> None:
                            "params": params, "accuracy": float("nan"), "arch": arch.to_dict()}))
     if args.run:
         run, config, records = load_run(args.run)
-        best = analyze(records, config["budget"])["best"]
+        best = analyze(records, config["budget"], *objectives_of(config))["best"]
         if best is None:
             sys.exit(f"{args.run}: no completed trial within the budget")
         jobs.append((f"{run.path.name}/{best['trial_id']}", best))

@@ -3,6 +3,7 @@
     python benchmarks/bench_latency.py measure [--n 120] [--hours 3] [--out benchmarks/results/latency/default.jsonl]
     python benchmarks/bench_latency.py repeat  [--k 20]   # the same networks again, later: the noise floor
     python benchmarks/bench_latency.py report               # the tables of docs/latency.md
+    python benchmarks/bench_latency.py searches [--minutes 6] [--latency-budget 60ms]
 
 ``measure`` draws ``--n`` architectures uniformly from the default space within 4.5 GFLOPs (seed 0, the
 space's constraints met), and for each target (``ort-cpu`` and ``torch-cpu``, 1 thread, batch 1, 224 px):
@@ -17,6 +18,9 @@ table's block entries); the repeatability (second measurement over first); the p
 its correction fitted in 5-fold cross-validation (a network is never predicted by a fit that saw it), as the
 share within +-10 % and +-5 % and tau; FLOPs as a predictor (scaled by the best single factor) the same way;
 and the table's cost.
+
+``searches`` runs one search under ``--latency-budget`` (ort-cpu) and one FLOPs-only search, both at 4.5
+GFLOPs with the same seed and time budget, and measures each pick's latency on ort-cpu.
 """
 
 from __future__ import annotations
@@ -37,10 +41,16 @@ TARGETS = ("ort-cpu", "torch-cpu")
 BUDGET = 4.5e9
 
 
-def draw(n: int, seed: int = 0):
-    """``n`` distinct architectures of the default space within the budget, in a fixed order."""
+def draw(n: int, seed: int = 0, cache: Path | None = None):
+    """``n`` distinct architectures of the default space within the budget, in a fixed order; kept in
+    ``cache`` (JSON lines) so that a resumed measurement does not count the draws' FLOPs again."""
+    from nas.arch import Arch
     from nas.flops import measure_arch
     from nas.space import load_space
+
+    kept = _done(cache) if cache is not None else []
+    if len(kept) >= n and all(k["seed"] == seed for k in kept):
+        return [(Arch.from_dict(k["arch"]), k["flops"], k["params"]) for k in kept[:n]]
 
     space = load_space("hybrid")
     rng, seen, out = random.Random(seed), set(), []
@@ -52,6 +62,11 @@ def draw(n: int, seed: int = 0):
         flops, params = measure_arch(arch)
         if flops <= BUDGET:
             out.append((arch, flops, params))
+    if cache is not None:
+        from nas.rundir import atomic_write
+
+        atomic_write(cache, "".join(json.dumps({"seed": seed, "arch": a.to_dict(), "flops": f, "params": p}) + "\n"
+                                    for a, f, p in out))
     return out
 
 
@@ -103,7 +118,7 @@ def measure(args) -> None:
     deadline = time.time() + 3600 * args.hours
     done = {(r["index"], r["target"]) for r in _done(args.out) if r["phase"] == "first"}
     tables = {name: LatencyTable(Target(name), args.out.parent / f"{Target(name).key()}.json") for name in TARGETS}
-    for index, (arch, flops, _) in enumerate(draw(args.n)):
+    for index, (arch, flops, _) in enumerate(draw(args.n, cache=args.out.parent / "archs.jsonl")):
         for name in TARGETS:
             if (index, name) in done:
                 continue
@@ -132,6 +147,43 @@ def repeat(args) -> None:
         _append(args.out, rec)
         print(f"{r['index']:4d} {r['target']:9s} first {r['ms']:8.2f}  again {rec.get('ms', float('nan')):8.2f} ms",
               flush=True)
+
+
+def searches(args) -> None:
+    """One search under --latency-budget against one FLOPs-only search, at equal wall time (``--minutes``
+    each, same seed, data and FLOP budget); then each pick's latency measured end to end on the target.
+    Appends one line per search to ``searches.jsonl`` beside ``--out``; a search already there is not run again."""
+    import subprocess
+
+    from nas.arch import Arch
+    from nas.latency import Target, measure_arch_latency
+    from nas.pareto import analyze, objectives_of
+    from nas.rundir import load_run
+
+    out = args.out.parent / "searches.jsonl"
+    done = {r["name"] for r in _done(out)}
+    runs = Path(args.runs_dir)
+    plans = {"flops-only": [], f"latency-{args.latency_budget}": ["--latency-budget", args.latency_budget,
+                                                                    "--latency-target", "ort-cpu"]}
+    for name, extra in plans.items():
+        if name in done:
+            continue
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "nas.search", "--budget", "4.5GFLOPs", "--time-budget",
+                        f"{args.minutes}m", "--name", name, "--runs-dir", str(runs), "--seed", "0", *extra],
+                       check=False, cwd=ROOT)
+        run, config, records = load_run(runs / name)
+        best = analyze(records, config["budget"], *objectives_of(config))["best"]
+        row = {"name": name, "minutes": args.minutes, "wall_s": round(time.time() - t0, 1),
+               "trained": sum(r["status"] in ("completed", "stopped") and "confirms" not in r for r in records)}
+        if best is not None:
+            timing = measure_arch_latency(Arch.from_dict(best["arch"]), Target("ort-cpu"))["total"]
+            conf = [r["accuracy"] for r in records if r.get("confirms") == best["trial_id"] and r["status"] == "confirmed"]
+            row.update(pick=best["trial_id"], flops=best["flops"], proxy_accuracy=best["accuracy"],
+                       confirmed=conf, predicted_ms=(best.get("latency") or {}).get("predicted_ms"),
+                       **{f"ort_{k}": v for k, v in timing.to_dict().items()})
+        _append(out, row)
+        print(json.dumps(row), flush=True)
 
 
 def _tau(x, y) -> float:
@@ -244,13 +296,16 @@ def report(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("measure", "repeat", "report"))
+    p.add_argument("phase", choices=("measure", "repeat", "report", "searches"))
+    p.add_argument("--minutes", type=float, default=6.0, help="searches: each search's time budget")
+    p.add_argument("--latency-budget", default="60ms", help="searches: the latency-aware search's budget")
+    p.add_argument("--runs-dir", default="/tmp/opmix-bench-runs", help="searches: where the runs go")
     p.add_argument("--n", type=int, default=120)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--hours", type=float, default=3.0)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
-    {"measure": measure, "repeat": repeat, "report": report}[args.phase](args)
+    {"measure": measure, "repeat": repeat, "report": report, "searches": searches}[args.phase](args)
 
 
 if __name__ == "__main__":

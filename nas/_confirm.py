@@ -49,21 +49,12 @@ def fidelity_of(settings: ProxySettings, data) -> dict[str, Any]:
     return {**knobs, "train_images": train, "val_images": min(MAX_VAL, len(data.val_x))}
 
 
-def within_budgets(record: dict[str, Any], budget: float | None, latency_budget_ms: float | None = None) -> bool:
-    """Whether a record keeps to the FLOP budget (None: none) and the latency budget (None: none); a record
-    without a latency figure does not keep to a latency budget."""
-    if budget is not None and record["flops"] > budget:
-        return False
-    if latency_budget_ms is not None:
-        return record.get("latency_ms") is not None and record["latency_ms"] <= latency_budget_ms
-    return True
-
-
 def _candidates(records: list[dict[str, Any]], budget: float | None, k: int, references: bool,
-                latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
-    from .pareto import analyze
+                latency_budget_ms: float | None = None, objectives: tuple[str, ...] = ("accuracy", "flops")
+                ) -> list[dict[str, Any]]:
+    from .pareto import analyze, within_budgets
 
-    front = [r for r in analyze(records, budget if budget is not None else float("inf"))["front"]
+    front = [r for r in analyze(records, budget, objectives, latency_budget_ms)["front"]
              if within_budgets(r, budget, latency_budget_ms)]
     top = sorted(front, key=lambda r: (-r["accuracy"], r["flops"]))[:k]
     refs = [r for r in records if references and r["status"] == "completed" and r.get("reference")
@@ -72,7 +63,8 @@ def _candidates(records: list[dict[str, Any]], budget: float | None, k: int, ref
 
 
 def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *, references: bool,
-                 seed: int, retry_failed: bool = False, latency_budget_ms: float | None = None) -> list[dict[str, Any]]:
+                 seed: int, retry_failed: bool = False, latency_budget_ms: float | None = None,
+                 objectives: tuple[str, ...] = ("accuracy", "flops")) -> list[dict[str, Any]]:
     """The (candidate, seed) trainings still to do, best proxy accuracy first: the top ``k`` of the front
     within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it.
     A training recorded ``failed`` is done too (it would fail again), unless ``retry_failed``."""
@@ -81,7 +73,7 @@ def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *,
     return [{"confirms": r["trial_id"], "reference": r.get("reference"), "seed": s, "arch": r["arch"],
              "flops": r["flops"], "params": r["params"],
              **({"latency_ms": r["latency_ms"]} if r.get("latency_ms") is not None else {})}
-            for r in _candidates(records, budget, k, references, latency_budget_ms)
+            for r in _candidates(records, budget, k, references, latency_budget_ms, objectives)
             for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
 
 

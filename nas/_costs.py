@@ -48,6 +48,7 @@ class Costs:
 
             self.target = Target(latency["target"], int(latency.get("threads", 1)), int(latency.get("batch", 1)),
                                  latency.get("dtype") or "float32")
+            self.target.check()  # before the table, whose name needs the device's fingerprint
             self.table = LatencyTable(self.target, latency.get("table"))
             self.latency_budget = latency.get("budget_ms")
 

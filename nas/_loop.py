@@ -201,7 +201,9 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     study = optuna.create_study(study_name=study_name, storage=open_storage(storage), directions=costs.directions,
                                 load_if_exists=resume, sampler=make_sampler(config.sampler, config.seed, config.trials))
     if not study.metric_names:  # the names optuna-dashboard draws on its axes
-        study.set_metric_names(costs.metric_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(costs.metric_names)
     if resume:
         _close_interrupted(study, log)
         study.sampler = make_sampler(config.sampler, config.seed + len(study.trials), config.trials)
@@ -223,8 +225,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
-        _keep_core_for_latency(costs, address, log)
-        start_ray(address, imports)
+        start_ray(address, imports, num_cpus=_keep_cores_for_latency(costs, address, log))
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=measure_arch, references=references, history=candidates, log=log,
                                   costs=costs)
@@ -259,7 +260,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
                 error = None if trial is None else (
                     error_text(trial) or f"the trial failed; its error is under {run.ray}")
                 searcher.finish(trial_id, error=error)
-        if searcher._latency_hopeless():  # nothing can be trained: the latency budget is the user's to fix
+        if searcher.gave_up and searcher.latency_blocked():  # nothing could train: the latency budget is too low
             raise OpmixError(searcher.gave_up.strip().removeprefix("stopping: "))
     if config.confirm:
         deadline = None if time_budget_s is None else started + time_budget_s
@@ -271,14 +272,15 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     return summarize(run, config, started)
 
 
-def _keep_core_for_latency(costs, address: str | None, log) -> None:
+def _keep_cores_for_latency(costs, address: str | None, log) -> int | None:
     """With a CPU latency target and Ray started here, keep the last ``threads`` cores free of trials: the
     table's layers and the end-to-end checks are measured there (``nas.latency.pinned``), never beside a
-    training proxy. A Ray already running, or a cluster (``--address``), is left as it is."""
+    training proxy. Returns the CPUs Ray may use (None: all). A Ray already running, or a cluster
+    (``--address``), is left as it is."""
     import ray
 
     if costs.target is None or costs.target.name == "cuda" or address or ray.is_initialized():
-        return
+        return None
     from .latency import reserve_cores
 
     left = reserve_cores(costs.target)
@@ -286,6 +288,7 @@ def _keep_core_for_latency(costs, address: str | None, log) -> None:
         log(f"  {costs.target.threads} core(s) kept for latency measurements, {left} for training")
     else:
         log("  no core can be kept for latency measurements on this machine: they run beside the training")
+    return left or None
 
 
 def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, address: str | None,
@@ -297,7 +300,8 @@ def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, add
 
     def todo(retry: bool) -> list[dict[str, Any]]:
         return confirm_jobs(run.read_trials(), config.budget, config.confirm, references=config.seed_references,
-                            seed=config.seed, retry_failed=retry, latency_budget_ms=config.latency_budget_ms)
+                            seed=config.seed, retry_failed=retry, latency_budget_ms=config.latency_budget_ms,
+                            objectives=config.objectives)
 
     jobs = todo(retry_failed)
     left = None if deadline is None else deadline - time.time()

@@ -99,6 +99,11 @@ class BudgetSearcher(Searcher):
     def _latency_hopeless(self) -> bool:
         return not self.launched and self.reasons.get("over the latency budget", 0) >= MAX_LATENCY_REJECTIONS
 
+    def latency_blocked(self) -> bool:
+        """Whether nothing could be trained because every candidate within the FLOP budget broke the latency
+        budget: the user's to fix (``nas._loop`` stops with the give-up message as the error)."""
+        return not self.launched and self.fastest_over is not None
+
     def _duplicate(self, otrial, arch: Arch) -> bool:
         """A network trained (or rejected) before in this run, or training now: its known outcome is told to
         Optuna for this trial too, nothing is trained or counted. True if ``arch`` was such a duplicate."""
@@ -134,6 +139,9 @@ class BudgetSearcher(Searcher):
                 values = {k: max(v, 1.0) for k, v in values.items()} or {"space_constraints": 1.0}
         for name, value in values.items():
             otrial.set_constraint(name, value)
+        # optuna-dashboard (0.21) reads feasibility only from a list under "constraints" (the format of the
+        # deprecated constraints_func), not from set_constraint's "constraints:NAME" keys: both are written
+        otrial.storage.set_trial_system_attr(otrial._trial_id, "constraints", list(values.values()))
 
     def _reject(self, otrial, arch: Arch, violations: list[str], flops: int | None, params: int | None,
                 timing: float, latency: dict[str, Any] | None = None) -> None:
@@ -168,17 +176,18 @@ class BudgetSearcher(Searcher):
         self.log(f"  candidate {otrial.number}: infeasible ({reason}), not trained")
 
     def _give_up_message(self) -> str:
+        if self.latency_blocked():
+            n = self.reasons.get("over the latency budget", 0)
+            return (f"  stopping: all {n} candidates within the FLOP budget were over the latency budget of "
+                    f"{self.costs.latency_budget:g} ms on {self.costs.target.describe()}, and none was trained; the "
+                    f"fastest network seen took {self.fastest_over:.2f} ms: raise --latency-budget above it, or "
+                    f"narrow the space to faster operators and smaller widths")
         trained = sum(r["status"] in ("completed", "stopped", "failed") for r in self.outcomes.values())
         if self.duplicates >= MAX_DUPLICATES:
             return (f"  stopping: the sampler proposed {MAX_DUPLICATES} networks in a row that this run had trained, "
                     f"rejected or was training ({trained} trained so far): the space has few more to offer; widen "
                     f"the space, or ask for fewer --trials")
         why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.items())
-        if self._latency_hopeless():
-            return (f"  stopping: the first {MAX_LATENCY_REJECTIONS} candidates within the FLOP budget were all over "
-                    f"the latency budget of {self.costs.latency_budget:g} ms on {self.costs.target.describe()}; the "
-                    f"fastest network seen took {self.fastest_over:.2f} ms: raise --latency-budget above it, or "
-                    f"narrow the space to faster operators and smaller widths")
         least = (f"; the cheapest of them needed {self.least_over / 1e9:.3g} GFLOPs against the budget's "
                  f"{self.budget / 1e9:.3g} G" if self.least_over is not None else "")
         if self.fastest_over is not None:
@@ -225,6 +234,7 @@ class BudgetSearcher(Searcher):
         scratch.enqueue_trial(self.space.params_of(arch))
         probe = scratch.ask()
         self.space.sample(probe)
+        constraints = self.costs.constraints(flops, live["latency"].get("latency_ms"))
         state = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}.get(
             status, optuna.trial.TrialState.FAIL)
         self.study.add_trial(optuna.trial.create_trial(
@@ -232,7 +242,7 @@ class BudgetSearcher(Searcher):
                                  if status == "completed" else None),
             params=probe.params, distributions=probe.distributions,
             user_attrs={"reference": live["reference"], "flops": flops},
-            constraints=self.costs.constraints(flops, live["latency"].get("latency_ms")) or None))
+            constraints=constraints or None, system_attrs={"constraints": list(constraints.values())}))
 
     # ----------------------------------------------------------------------------------------- results
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@
     opmix flops arch.yaml                = python -m nas.flops arch.yaml
     opmix space hybrid                   = python -m nas.space hybrid
     opmix calibrate --budget 4.5G ...    = python -m nas.calibrate --budget 4.5G ...
+    opmix latency arch.yaml              = python -m nas.latency arch.yaml
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMMANDS = {
     "flops": ("nas.flops", "count the FLOPs and parameters of an architecture file or a reference"),
     "space": ("nas.space", "summarize a search space"),
     "calibrate": ("nas.calibrate", "measure how well proxy settings rank architectures"),
+    "latency": ("nas.latency", "measure (and predict) an architecture's latency on a target"),
 }
 
 

@@ -11,8 +11,8 @@ from .errors import OpmixError
 __all__ = ["start_ray", "check_resources", "slots"]
 
 
-def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
-    """Start Ray on this machine (the CPUs this process may use), or join the cluster at ``address``; the workers find the
+def start_ray(address: str | None, imports: tuple[str, ...] = (), num_cpus: int | None = None) -> None:
+    """Start Ray on this machine (all its CPUs, or ``num_cpus``), or join the cluster at ``address``; the workers find the
     plug-in modules ``imports`` (imported here already) through their ``PYTHONPATH``."""
     import ray
 
@@ -32,12 +32,8 @@ def start_ray(address: str | None, imports: tuple[str, ...] = ()) -> None:
         path = os.pathsep.join(paths + [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else paths)
         runtime_env = {"env_vars": {"PYTHONPATH": path}}
     ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             configure_logging=True, runtime_env=runtime_env, **({} if address else {"num_cpus": _usable_cpus()}))
+             configure_logging=True, runtime_env=runtime_env, **({} if address else {"num_cpus": num_cpus or os.cpu_count()}))
 
-
-def _usable_cpus() -> int:
-    """The cores this process may run on (all of them, less those kept for latency measurements)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def slots(cpus: float, gpus: float) -> int:

@@ -73,13 +73,15 @@ class Pt2ExportError(OpmixError):
     values, say); ``--no-pt2`` skips ``deploy/model.pt2``."""
 
 
-def pick_trial(records: list[dict[str, Any]], budget: float, trial: str | None) -> dict[str, Any]:
+def pick_trial(records: list[dict[str, Any]], budget: float | None, trial: str | None,
+               objectives: tuple[str, ...] = ("accuracy", "flops"), latency_budget_ms: float | None = None
+               ) -> dict[str, Any]:
     """The recommended pick (``nas.pareto.analyze``: the best mean confirmed accuracy within the budget, or
     without confirmations the most accurate completed trial), or the one named ``trial`` (a trial id, or a
     reference's name); a confirmed one carries ``confirmed``: its mean, sd, seeds, accuracies and fidelity."""
     completed = [r for r in records if r["status"] == "completed"]
     listing = ", ".join(str(r["trial_id"]) for r in completed[:12]) + (" ..." if len(completed) > 12 else "")
-    analysis = analyze(records, budget)
+    analysis = analyze(records, budget, objectives, latency_budget_ms)
     if trial is None:
         if analysis["best"] is None:
             raise OpmixError("the run has no completed trial within the budget yet; wait for the search, or pass "
@@ -118,7 +120,32 @@ def _accuracy_text(record: dict[str, Any]) -> str:
     return f"confirmed accuracy {c['mean']:.4f}{sd} over {len(c['seeds'])} seed(s){at}; {proxy}"
 
 
-def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int, params: int) -> str:
+def _latency_lines(latency: list[dict[str, Any]]) -> list[str]:
+    """'Latency, deploy program: 12.31 ms (median 12.40, IQR 0.21) on ort-cpu, 1 thread, batch 1 (CPU model)'."""
+    return [f"Latency, deploy program: {t['ms']:.2f} ms (median {t['median_ms']:.2f}, IQR {t['iqr_ms']:.2f}) on "
+            f"{t['target']} ({t['device']}), measured at export" for t in latency]
+
+
+def _measure_latency(deploy: nn.Module, arch: Arch, folder: Path, report: dict[str, Any], targets: tuple,
+                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Time the deploy network on each target: ``ort-cpu`` runs ``model.onnx`` when it was written with a
+    dynamic batch (else a program exported at the target's batch), the others the deploy module."""
+    from .latency import measure_module
+
+    out = []
+    for target in targets:
+        shape = (target.batch, arch.in_chans, arch.input_size, arch.input_size)
+        path = folder / "model.onnx"
+        use = path if target.name == "ort-cpu" and report.get("onnx_dynamic_batch") and path.is_file() else None
+        timing = measure_module(copy.deepcopy(deploy), shape, target, onnx_path=use)
+        fp = target.fingerprint()
+        out.append({"target": target.describe(), "device": fp.get("gpu") or fp["cpu"], **timing.to_dict()})
+        log(f"  latency on {target.describe()}: {timing.text()}")
+    return out
+
+
+def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int, params: int,
+            latency: list[dict[str, Any]] = ()) -> str:
     import operators
 
     papers = []
@@ -135,6 +162,7 @@ def _header(arch: Arch, record: dict[str, Any], run_path: Path, train_flops: int
         f"{arch.input_size}, {arch.num_classes} classes.",
         f"FLOPs (multiply-adds): {record['flops'] / 1e9:.3f} G deployed, {train_flops / 1e9:.3f} G in training form.",
         f"Parameters: {params / 1e6:.2f} M (training form). In the search: {_accuracy_text(record)}.",
+        *_latency_lines(latency),
         "",
         "Operators, from their papers:",
         *[f"- {p}" for p in papers],
@@ -413,10 +441,12 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 
 def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path | None = None, force: bool = False,
-           onnx: bool = True, pt2: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+           onnx: bool = True, pt2: bool = True, log: Callable[[str], None] = print,
+           latency_targets: tuple = ()) -> dict[str, Any]:
     """Export ``record``'s network into ``out`` (see the module docstring); returns the figures. With
     ``onnx=False`` there is no ``deploy/model.onnx``; a failed ONNX conversion raises ``OnnxConversionError``
-    and writes nothing."""
+    and writes nothing. Each of ``latency_targets`` (``nas.latency.Target``) times the deploy program
+    (``model.onnx`` itself on ``ort-cpu``), and the figures go into the README and ``model.py``'s header."""
     from ._codegen import standalone_source
     from .flops import count_flops, count_params
     from .network import build
@@ -453,6 +483,10 @@ def export(run_path: Path, record: dict[str, Any], out: Path, *, weights: Path |
                                        stage_ops=[s.op for s in arch.stages]))
         report.update(train_flops=train_flops, params=params, deploy_flops=record["flops"],
                       lines=len(source.splitlines()))
+        report["latency"] = _measure_latency(deploy, arch, tmp / "deploy", report, latency_targets, log)
+        if report["latency"]:  # the header states them too; only its docstring changes, which the checks ignore
+            source = standalone_source(arch, _header(arch, record, run_path, train_flops, params, report["latency"]))
+            (tmp / "model.py").write_text(source, encoding="utf-8")
         (tmp / "README.md").write_text(_readme(arch, record, run_path, report, state is not None), encoding="utf-8")
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -526,7 +560,7 @@ def _readme(arch: Arch, record: dict[str, Any], run_path: Path, report: dict[str
 | FLOPs, training form | {report['train_flops'] / 1e9:.3f} G multiply-adds |
 | parameters (training form) | {report['params'] / 1e6:.2f} M |
 | accuracy in the search | {_accuracy_text(record)} (proxy: reduced width, few epochs) |
-
+{_latency_rows(report.get("latency") or [])}
 ## Files
 - `model.py`: the network, standalone (torch and the standard library only).
 - `arch.yaml`: the architecture (`nas.arch.load_arch` reads it).
@@ -544,6 +578,11 @@ deployed = reparameterize_model(model.eval())  # deploy form, same outputs, {rep
 State-dict keys are those of opmix's `nas.network.build(arch)`, so weights move both ways. Re-parameterize
 only after training, in eval mode: it folds BatchNorm statistics.
 """
+
+
+def _latency_rows(latency: list[dict[str, Any]]) -> str:
+    return "".join(f"| latency on {t['target']} | {t['ms']:.2f} ms (median {t['median_ms']:.2f}, IQR "
+                   f"{t['iqr_ms']:.2f}, {t['runs']} runs; {t['device']}) |\n" for t in latency)
 
 
 def _parser() -> _cli.Parser:
@@ -564,15 +603,36 @@ def _parser() -> _cli.Parser:
     p.add_argument("--no-pt2", dest="pt2", action="store_false", help="do not write deploy/model.pt2 (the "
                    "torch.export program). Without this flag a network that torch.export cannot trace stops the "
                    "export the same way; export again with --no-pt2 then")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="do not time the deploy program "
+                   "(by default it is timed on the run's latency target and on ort-cpu)")
     plugins.add_import_flag(p)
     return p
 
 
+def _latency_targets(config: dict[str, Any], onnx: bool) -> tuple:
+    """The run's latency target (if it has one), then ``ort-cpu`` (when the ONNX program is written)."""
+    from .latency import Target
+
+    targets = []
+    lat = config.get("latency")
+    if lat:
+        run_target = Target(lat["target"], int(lat.get("threads", 1)), int(lat.get("batch", 1)),
+                            lat.get("dtype") or "float32")
+        run_target.check()
+        targets.append(run_target)
+    if onnx and onnx_available() and Target("ort-cpu") not in targets:
+        targets.append(Target("ort-cpu"))
+    return tuple(targets)
+
+
 def _main(argv: list[str] | None) -> int:
+    from .pareto import objectives_of
+
     args = _parser().parse_args(argv)
     run, config, records = load_run(args.run)
     plugins.import_modules([*config.get("imports", []), *args.imports])  # the run's plug-in operators, and more
-    record = pick_trial(records, config["budget"], args.trial)
+    record = pick_trial(records, config["budget"], args.trial, *objectives_of(config))
+    targets = _latency_targets(config, args.onnx) if args.latency else ()
     out = Path(args.out) if args.out else run.path / "export"
     weights = Path(args.weights) if args.weights else None
     if weights is not None and not weights.is_file():
@@ -582,7 +642,8 @@ def _main(argv: list[str] | None) -> int:
     print(f"exporting {_title(record).lower()} ({arch_line(record['arch'])}), {_accuracy_text(record)}, "
           f"{record['flops'] / 1e9:.3f} GFLOPs")
     try:
-        export(run.path, record, out, weights=weights, force=args.force, onnx=args.onnx, pt2=args.pt2)
+        export(run.path, record, out, weights=weights, force=args.force, onnx=args.onnx, pt2=args.pt2,
+               latency_targets=targets)
     except ExportCheckError as exc:
         print(f"{PROG}: error: {exc}; nothing was written. Please report it with the run's arch.", file=sys.stderr)
         return 1

@@ -578,7 +578,10 @@ def _source_arch(source: str, trial: str | None) -> tuple[Arch, str]:
         if not run.exists():
             raise OpmixError(f"{source} is a folder but not a run (no config.yaml); give a run folder or an arch "
                              f"YAML file")
-        record = pick_trial(run.read_trials(), float(run.read_config().get("budget") or float("inf")), trial)
+        from .pareto import objectives_of
+
+        config = run.read_config()
+        record = pick_trial(run.read_trials(), config.get("budget"), trial, *objectives_of(config))
         from .rundir import trial_label
 
         return Arch.from_dict(record["arch"]), f"{source} {trial_label(record)}"

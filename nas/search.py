@@ -150,10 +150,8 @@ def _latency_from_args(args, force: bool = False) -> dict[str, Any] | None:
 def _validate(config: SearchConfig, args) -> None:
     from .data import DATASETS
 
-    if "latency" in config.objectives and not config.latency:
-        raise OpmixError("--objectives with latency needs a latency target: add --latency-target ort-cpu")
     if config.latency:
-        config.costs(log=lambda _: None).target.check()  # the target can be measured here; the table is its own
+        config.costs(log=lambda _: None)  # the target can be measured here, and the table is its own
 
     if config.sampler not in SAMPLERS:
         raise OpmixError(f"--sampler {config.sampler!r} is not known; use one of {', '.join(SAMPLERS)}")

@@ -32,7 +32,8 @@ def test_a_reference_on_resume_never_trains_under_a_cut_off_candidates_trial(tmp
     complete = [t for t in s.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert [(t.params, t.values) for t in complete] == [(THIRD, [0.6, fake_flops(reference)])]
     assert complete[0].user_attrs["reference"] == "myref"
-    assert complete[0].constraints == {"flops_over_budget": fake_flops(reference) - s.searcher.budget}
+    assert complete[0].constraints["flops_over_budget"] == fake_flops(reference) - s.searcher.budget
+    assert complete[0].system_attrs["constraints"] == [fake_flops(reference) - s.searcher.budget]  # the dashboard's
     resumed.suggest("t3")  # the cut-off candidate is still waiting, and trains now
     assert resumed.live["t3"]["arch"] == arch_of(s, FEASIBLE)
     (ref_record,) = [r for r in s.run.read_trials() if r.get("reference")]
