@@ -262,7 +262,17 @@ def report(args) -> None:
         print(f"{'FLOPs x best factor':28s} {_accuracy(_cv_flops(rows), ms)}")
         print(f"{'table: plain sum':28s} {_accuracy([r['sum_ms'] for r in rows], ms)}")
         print(f"{'table: sum + correction':28s} {_accuracy(_cv_predictions(rows), ms)}")
-        print("(correction and factor fitted in 5-fold cross-validation)")
+        steady = [i for i, r in enumerate(rows) if r["spread"] <= 0.10]
+        if len(steady) >= 5:
+            cv = _cv_predictions(rows)
+            print(f"{'same, steady measurements':28s} {_accuracy([cv[i] for i in steady], [ms[i] for i in steady])}"
+                  f"   ({len(steady)} networks whose round medians agree within 10 %)")
+        from nas.latency import Correction
+
+        whole = Correction.fit([{"sum_ms": r["sum_ms"], "ms": r["ms"]} for r in rows])
+        print(f"(correction and factor fitted in 5-fold cross-validation; on all {len(rows)} networks the "
+              f"correction keeps the form '{whole.form}': ms = {whole.a:.2f} + {whole.b:.3f} x sum, leave-one-out "
+              f"90th-percentile error {100 * whole.error:.1f} %)")
         per_op: dict[str, list[float]] = {}
         for r in rows:
             for op, fl, t in r["blocks"]:
