@@ -4,6 +4,7 @@
     python benchmarks/bench_latency.py repeat  [--k 20]   # the same networks again, later: the noise floor
     python benchmarks/bench_latency.py report               # the tables of docs/latency.md
     python benchmarks/bench_latency.py searches [--minutes 6] [--latency-budget 60ms]
+    python benchmarks/bench_latency.py operators            # ms/GFLOP per operator, target and proxy shapes
 
 ``measure`` draws ``--n`` architectures uniformly from the default space within 4.5 GFLOPs (seed 0, the
 space's constraints met), and for each target (``ort-cpu`` and ``torch-cpu``, 1 thread, batch 1, 224 px):
@@ -32,6 +33,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -147,6 +150,76 @@ def repeat(args) -> None:
         _append(args.out, rec)
         print(f"{r['index']:4d} {r['target']:9s} first {r['ms']:8.2f}  again {rec.get('ms', float('nan')):8.2f} ms",
               flush=True)
+
+
+def operators_phase(args) -> None:
+    """ms per GFLOP per operator at the target's shapes and at the proxy's: each operator of the default
+    space, with its first parameter choices, as a stride-1 block of the space's stage 2 (stage 3 for the
+    operators only offered from there), at the stage's middle width on its 224-px map, and as the default
+    proxy builds it (width x 0.25 rounded as ``nas.network.scale_width`` does, on the map a 28-px
+    Fashion-MNIST image gives at that output stride). Appends to ``operators.jsonl`` beside ``--out``."""
+    import math
+
+    import operators
+    from nas.flops import count_flops
+    from nas.latency import Target, _deploy, measure_module
+    from nas.network import scale_width
+    from nas.space import load_space
+
+    out = args.out.parent / "operators.jsonl"
+    done = {(r["op"], r["shape"], r["target"]) for r in _done(out)}
+    space = load_space("hybrid")
+    seen = {}
+    for i in (1, 2):
+        for choice in space.stages[i].ops:
+            seen.setdefault(choice.name, (i, choice))
+    for name, (i, choice) in seen.items():
+        stage = space.stages[i]
+        widths = stage.widths(choice).values
+        width = widths[len(widths) // 2]
+        params = {k: v.values[0] for k, v in choice.params}
+        side = 224 // stage.output_stride
+        proxy_width = scale_width(width, 0.25, name, params)
+        proxy_side = math.ceil(2 * 28 / stage.output_stride)
+        for shape, (c, hw) in (("target", (width, side)), ("proxy", (proxy_width, proxy_side))):
+            torch.manual_seed(0)
+            block = _deploy(operators.create_op(name, c, c, 1, **params))
+            flops = count_flops(block, (1, c, hw, hw))
+            for target in ("ort-cpu", "torch-cpu"):
+                if (name, shape, target) in done:
+                    continue
+                try:
+                    t = measure_module(block, (1, c, hw, hw), Target(target))
+                    row = {"op": name, "shape": shape, "target": target, "width": c, "side": hw, "flops": flops,
+                           **t.to_dict()}
+                except Exception as exc:  # noqa: BLE001 -- recorded: an operator the runtime cannot run
+                    row = {"op": name, "shape": shape, "target": target, "width": c, "side": hw, "flops": flops,
+                           "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+                _append(out, row)
+                print(json.dumps(row), flush=True)
+
+
+def operators_report(path: Path) -> None:
+    rows = _done(path)
+    if not rows:
+        return
+    table: dict[str, dict] = {}
+    for r in rows:
+        if "ms" in r:
+            table.setdefault(r["op"], {})[(r["shape"], r["target"])] = (r["ms"] / (r["flops"] / 1e9), r)
+    print(f"\nms per GFLOP per operator, one stride-1 block (stage 2's middle width on 28x28, or stage 3's on 14x14) "
+          f"at the target's shape and at the default proxy's (width x 0.25, the map of a 28-px image), 1 thread:")
+    print(f"{'operator':20s} {'target':>12s} {'ort':>8s} {'torch':>8s}   {'proxy':>10s} {'ort':>8s} {'torch':>8s}")
+    for op, cells in sorted(table.items(), key=lambda kv: -kv[1].get(("target", "ort-cpu"), (0,))[0]):
+        def cell(shape, target):
+            v = cells.get((shape, target))
+            return f"{v[0]:8.0f}" if v else f"{'-':>8s}"
+        t = next((v[1] for k, v in cells.items() if k[0] == "target"), None)
+        p = next((v[1] for k, v in cells.items() if k[0] == "proxy"), None)
+        tt = f"{t['width']}x{t['side']}" if t else "-"
+        pp = f"{p['width']}x{p['side']}" if p else "-"
+        print(f"{op:20s} {tt:>12s} {cell('target', 'ort-cpu')} {cell('target', 'torch-cpu')}   {pp:>10s} "
+              f"{cell('proxy', 'ort-cpu')} {cell('proxy', 'torch-cpu')}")
 
 
 def searches(args) -> None:
@@ -294,6 +367,11 @@ def report(args) -> None:
               f"{statistics.median(r['warm_predict_ms'] for r in rows):.2f} ms (median)")
         print(f"end-to-end measurement: {statistics.median(r['e2e_seconds'] for r in rows):.1f} s per network "
               f"(median, the ONNX export included for ort-cpu)")
+    operators_report(args.out.parent / "operators.jsonl")
+    for r in _done(args.out.parent / "searches.jsonl"):
+        print(f"\nsearch {r['name']} ({r['minutes']:g} min, {r['trained']} trained): pick {r.get('pick')}, "
+              f"{(r.get('flops') or 0) / 1e9:.2f} GFLOPs, proxy accuracy {r.get('proxy_accuracy')}, confirmed "
+              f"{r.get('confirmed')}, ort-cpu {r.get('ort_ms')} ms (IQR {r.get('ort_iqr_ms')})")
     both = {}
     for r in records:
         if r["phase"] == "first" and "ms" in r:
@@ -306,7 +384,7 @@ def report(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("measure", "repeat", "report", "searches"))
+    p.add_argument("phase", choices=("measure", "repeat", "report", "searches", "operators"))
     p.add_argument("--minutes", type=float, default=6.0, help="searches: each search's time budget")
     p.add_argument("--latency-budget", default="60ms", help="searches: the latency-aware search's budget")
     p.add_argument("--runs-dir", default="/tmp/opmix-bench-runs", help="searches: where the runs go")
@@ -315,7 +393,8 @@ def main() -> None:
     p.add_argument("--hours", type=float, default=3.0)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
-    {"measure": measure, "repeat": repeat, "report": report, "searches": searches}[args.phase](args)
+    {"measure": measure, "repeat": repeat, "report": report, "searches": searches,
+     "operators": operators_phase}[args.phase](args)
 
 
 if __name__ == "__main__":
