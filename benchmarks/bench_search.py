@@ -227,7 +227,7 @@ def tpe_variants(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant, knobs in TPE_VARIANTS.items():
             for seed in range(args.seeds):
-                def sampler(name, s, trials, knobs=knobs):
+                def sampler(name, s, trials, knobs=knobs, **_):  # space, objectives: unused by TPE
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         return optuna.samplers.TPESampler(seed=s, n_startup_trials=max(4, min(10, trials // 2)),

@@ -3,12 +3,12 @@
 ``search(config, run=...)`` runs (or continues) one search into a run folder (``nas.rundir``); the command
 line (``nas.search``) and the printed summary (``nas._summary``) sit around it.
 
-Optuna's multi-objective samplers (TPE by default, NSGA-II, random) propose architectures through a Ray Tune
-searcher (``nas._searcher.BudgetSearcher``); each one's full-size FLOPs are counted before any training and
-a candidate over the budget is recorded ``infeasible`` and never trained. Feasible candidates train as
-proxies (``nas.proxy.train_arch``) in Ray Tune trials, cut short by ASHA when they trail. Then the
-confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher fidelity with two
-seeds each. With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation.
+Optuna's multi-objective samplers (TPE by default, NSGA-II, random, regularized evolution: ``nas.evolution``)
+propose architectures through a Ray Tune searcher (``nas._searcher.BudgetSearcher``); each one's full-size FLOPs
+are counted before any training and a candidate over the budget is recorded ``infeasible`` and never trained.
+Feasible candidates train as proxies (``nas.proxy.train_arch``) in Ray Tune trials, cut short by ASHA when they
+trail. Then the confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher
+fidelity with two seeds each. With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation.
 
 The study is the run's own: its name (``study_name`` in ``config.yaml``) is unique to the run, so several
 runs can share one ``--storage`` database without mixing.
@@ -113,7 +113,10 @@ class SearchConfig:
         """The confirmation rung's training (``nas._confirm.confirm_settings``)."""
         return confirm_settings(self.proxy, self.confirm_max_train)
 
-def make_sampler(name: str, seed: int, trials: int):
+def make_sampler(name: str, seed: int, trials: int, *, space=None,
+                 objectives: tuple[str, ...] = ("accuracy", "flops")):
+    """The Optuna sampler ``name`` for a search of ``trials`` candidates; ``evolution`` needs the run's ``space``
+    (it mutates architectures) and its ``objectives`` (which choose its selection)."""
     import optuna
 
     # Both read the budget constraint that the searcher sets on each trial (Trial.set_constraint).
@@ -125,6 +128,21 @@ def make_sampler(name: str, seed: int, trials: int):
                                               n_startup_trials=max(4, min(10, trials // 2)))
     if name == "nsga2":  # the default population of 50 would make a small search pure random sampling
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    if name == "evolution":
+        from ._costs import OBJECTIVES
+        from .evolution import EvolutionSampler
+
+        if space is None:
+            raise ValueError("make_sampler('evolution', ...) needs the space it mutates: pass space=")
+        # P: Real et al. kept 100 of 20,000 models; a search of tens must leave most of its budget to children
+        # (P = a third of the trials: 6 of 20, 20 of 60), yet hold at least 4. S: the paper's S/P = 1/4, at
+        # least 2, so a tournament still selects (S = 2 at P = 6, 5 at P = 20).
+        population = max(4, min(20, trials // 3))
+        # The default objectives' FLOPs are the budget the user set: select the most accurate under it. Asked
+        # for a trade-off (--objectives with latency), rank by non-dominated sorting, then crowding (NSGA-II).
+        return EvolutionSampler(space, population_size=population, tournament_size=max(2, population // 4),
+                                selection="accuracy" if tuple(objectives) == OBJECTIVES[0] else "pareto",
+                                seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -199,14 +217,16 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     candidates = [r for r in records if "confirms" not in r]  # a confirmation is no candidate
     trained = [r for r in candidates if r["status"] in TRAINED]
     study = optuna.create_study(study_name=study_name, storage=open_storage(storage), directions=costs.directions,
-                                load_if_exists=resume, sampler=make_sampler(config.sampler, config.seed, config.trials))
+                                load_if_exists=resume, sampler=make_sampler(config.sampler, config.seed, config.trials,
+                                                                             space=space, objectives=costs.objectives))
     if not study.metric_names:  # the names optuna-dashboard draws on its axes
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(costs.metric_names)
     if resume:
         _close_interrupted(study, log)
-        study.sampler = make_sampler(config.sampler, config.seed + len(study.trials), config.trials)
+        study.sampler = make_sampler(config.sampler, config.seed + len(study.trials), config.trials, space=space,
+                                     objectives=costs.objectives)
     references = []
     done_refs = {r["reference"] for r in trained if r.get("reference")}
     if config.seed_references:
