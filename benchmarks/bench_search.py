@@ -5,9 +5,32 @@
     python benchmarks/bench_search.py quality [--trials 12]          # (c) hypervolume, TPE vs random, 3 seeds
     python benchmarks/bench_search.py tpe-variants [--trials 12]     # (c') hypervolume of TPE's settings, 3 seeds
     python benchmarks/bench_search.py fidelity [--archs 10]          # (d) Kendall tau, proxy vs 5x training
+    python benchmarks/bench_search.py strategies [--schedule]        # (e) samplers against random, 8 paired seeds
 
 (a) and (d) train in this process; (c) runs real searches through the command line into a temporary
-runs folder. FLOPs are multiply-adds; a training step is counted as 3x the forward pass.
+runs folder; (c') and (e) run ``nas._loop.search`` in this process (one Ray for all runs). FLOPs are
+multiply-adds; a training step is counted as 3x the forward pass.
+
+(e) ``strategies``: for each sampler (random, tpe, nsga2, evolution), trained-candidate count (20: the bare
+command's, and 60) and seed (0..7), one search of the default space under 4.5 GFLOPs with ``--confirm 1``:
+the pick (the proxy's most accurate candidate) retrained at ``more_data`` fidelity (the confirmation rung:
+twice the proxy's images per epoch) from 2 seeds. Seed s is the data split, the proxies' seed and the
+sampler's seed, the same for every sampler: the runs are paired. The proxy fidelity is ``STRATEGY_FIDELITY``
+("quarter-data"): the default proxy (width x0.25, 32 px, batch 64, lr 3e-3, 4 epochs, ASHA from epoch 2) on
+512 images per epoch instead of 1536, so the 64 runs fit a few hours on 2 cores. Why it should transfer to
+the default: the samplers see the same space, budget, epochs and early-stopping schedule, and only the
+proxy's noise grows with fewer images, which hides differences (the comparison is conservative) rather than
+inventing them; the confirmation rung is the default's, relative to the proxy. Each finished run is one line
+of ``--results`` (JSONL); a rerun skips the (sampler, trials, seed, schedule) runs it holds, so the
+comparison resumes after an interruption (the run cut off starts again). The report: per sampler and budget,
+hypervolume, best proxy accuracy within the budget and the pick's confirmed accuracy, each as the median over
+seeds with a bootstrap 90 % interval, and the median paired difference from random with its interval.
+``--schedule`` adds, for each (sampler, trials, seed), a Hyperband-style run (Ray's ASHA with
+``HYPERBAND_BRACKETS`` brackets and a first rung after 1 epoch: more candidates at a cheaper first rung) with
+the ASHA run's wall time as its time budget and 3x the candidates allowed, so the two schedules are compared
+at equal wall time. The CIFAR-10 JPEGs (``../shared/data/cifar-10-jpeg.tar.gz``) are extracted once to
+``--cifar-dir`` (outside the project) and read as ``imagefolder:DIR/train``; their accuracies are slightly
+below those on CIFAR-10's binary distribution (quality-75 JPEG re-encodings).
 """
 
 from __future__ import annotations
@@ -256,6 +279,163 @@ def tpe_variants(args) -> None:
         print(f"{variant:14s} hypervolume {mean:.4f} ± {sd:.4f} (sd over {len(hvs)} seeds)")
 
 
+STRATEGY_SAMPLERS = ("random", "tpe", "nsga2", "evolution")
+STRATEGY_FIDELITY = {"name": "quarter-data", "epochs": 4, "max_train": 512}  # the rest: SearchConfig's defaults
+HYPERBAND_BRACKETS = 3
+CIFAR_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-jpeg.tar.gz"
+
+
+def _cifar_folder(cifar_dir: Path, tarball: Path) -> Path:
+    """The CIFAR-10 JPEG training folder, extracted from ``tarball`` into ``cifar_dir`` the first time."""
+    import tarfile
+
+    train = cifar_dir / "train"
+    if not train.is_dir():
+        if not tarball.is_file():
+            raise SystemExit(f"{train} is missing and so is {tarball}: pass --cifar-dir with an extracted copy "
+                             f"(train/<class>/*.jpg) or --tarball")
+        print(f"extracting {tarball} into {cifar_dir} (60,000 small files, once)", flush=True)
+        cifar_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(cifar_dir, filter="data")
+    return train
+
+
+class _Hyperband:
+    """While active, the search's scheduler (``nas._searcher.CandidateASHA``, looked up when a search starts)
+    is Ray's asynchronous Hyperband: ``HYPERBAND_BRACKETS`` brackets, the first rung after one epoch."""
+
+    def __enter__(self):
+        from nas import _searcher
+
+        self.original = _searcher.CandidateASHA
+
+        class HyperbandASHA(self.original):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **{**kwargs, "grace_period": 1, "brackets": HYPERBAND_BRACKETS})
+
+        _searcher.CandidateASHA = HyperbandASHA
+        return self
+
+    def __exit__(self, *exc):
+        from nas import _searcher
+
+        _searcher.CandidateASHA = self.original
+
+
+def _strategy_run(sampler: str, trials: int, seed: int, schedule: str, *, data, dataset: str, budget: int,
+                  fidelity: dict, time_budget_s: float | None = None, log=lambda m: None) -> dict:
+    """One search into a temporary run folder; its row of the results file."""
+    import contextlib
+
+    from nas import _loop
+    from nas.pareto import analyze
+    from nas.rundir import RunDir
+
+    config = _loop.SearchConfig(budget=budget, dataset=dataset, trials=trials, sampler=sampler, seed=seed,
+                                epochs=fidelity["epochs"], max_train=fidelity["max_train"], confirm=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp) / "run")
+        run.write_config({})
+        t0 = time.perf_counter()
+        with _Hyperband() if schedule == "hyperband" else contextlib.nullcontext():
+            _loop.search(config, run=run, log=log, data=data, time_budget_s=time_budget_s)
+        wall = time.perf_counter() - t0
+        records = run.read_trials()
+    a = analyze(records, budget)
+    pick = a["pick"]
+    return {"sampler": sampler, "trials": trials, "seed": seed, "schedule": schedule,
+            "fidelity": fidelity, "dataset": data.source, "budget": budget,
+            "hypervolume": a["hypervolume"],
+            "best_proxy": a["proxy_best"]["accuracy"] if a["proxy_best"] else None,
+            "pick": pick["record"]["trial_id"] if pick else None,
+            "pick_confirmed": pick["mean"] if pick else None, "pick_complete": bool(pick and pick["complete"]),
+            "by_status": a["by_status"], "time_budget_s": time_budget_s, "wall_s": round(wall, 1)}
+
+
+def strategies(args) -> None:
+    import ray
+
+    from nas.flops import parse_budget
+
+    budget = parse_budget(args.budget)
+    dataset = args.dataset or f"imagefolder:{_cifar_folder(Path(args.cifar_dir).expanduser(), Path(args.tarball))}"
+    fidelity = dict(STRATEGY_FIDELITY)
+    if args.epochs or args.max_train:  # a smoke test's cheaper proxy, named as such in every row
+        fidelity = {"name": "custom", "epochs": args.epochs or fidelity["epochs"],
+                    "max_train": args.max_train or fidelity["max_train"]}
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line] if results.exists() else []
+    if any(r["fidelity"] != fidelity for r in rows):
+        raise SystemExit(f"{results} holds runs at another fidelity than {fidelity}; pass another --results")
+    done = {(r["sampler"], r["trials"], r["seed"], r["schedule"]) for r in rows}
+    print(f"{results}: {len(rows)} run(s) done before, kept; fidelity {fidelity}", flush=True)
+    samplers, budgets = args.samplers.split(","), [int(t) for t in args.trials.split(",")]
+    for seed in range(args.seeds):  # seed-major: each seed's data split is loaded once
+        data = None
+        for trials in budgets:
+            for sampler in samplers:
+                for schedule in ("asha", "hyperband") if args.schedule else ("asha",):
+                    if (sampler, trials, seed, schedule) in done:
+                        continue
+                    data = data or load_dataset(dataset, args.data_dir, seed=seed)
+                    asha = next((r for r in rows if (r["sampler"], r["trials"], r["seed"], r["schedule"])
+                                 == (sampler, trials, seed, "asha")), None)
+                    row = _strategy_run(sampler, 3 * trials if schedule == "hyperband" else trials, seed, schedule,
+                                        data=data, dataset=dataset, budget=budget, fidelity=fidelity,
+                                        log=print if args.verbose else (lambda m: None), time_budget_s=asha["wall_s"] if schedule == "hyperband" else None)
+                    row["trials"] = trials  # the comparison's budget (the hyperband run may train more in its time)
+                    rows.append(row)
+                    with results.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{schedule:9s} {sampler:9s} {trials:3d} trials seed {seed}: hypervolume "
+                          f"{row['hypervolume']:.4f}, best proxy {row['best_proxy']}, pick confirmed "
+                          f"{row['pick_confirmed']}, {row['wall_s']:.0f} s", flush=True)
+    ray.shutdown()
+    for line in strategies_report(rows):
+        print(line)
+
+
+def strategies_report(rows: list[dict]) -> list[str]:
+    """Per schedule, budget and sampler: each quantity's median over seeds with a bootstrap 90 % interval of
+    the median, and the median of the paired differences from random (same seed) with its interval."""
+    import numpy as np
+
+    from nas.stats import bootstrap_interval
+
+    def median(a, b) -> float:
+        return float(np.median(a))
+
+    def paired(a, b) -> float:
+        return float(np.median(a - b))
+
+    out = []
+    for schedule in sorted({r["schedule"] for r in rows}):
+        for trials in sorted({r["trials"] for r in rows}):
+            group = [r for r in rows if r["schedule"] == schedule and r["trials"] == trials]
+            out.append(f"\n{schedule}, {trials} trained candidates (median over seeds [90 % interval]; "
+                       f"paired difference from random [90 % interval])")
+            for key in ("hypervolume", "best_proxy", "pick_confirmed"):
+                out.append(f"  {key}")
+                base = {r["seed"]: r[key] for r in group if r["sampler"] == "random" and r[key] is not None}
+                for sampler in [s for s in STRATEGY_SAMPLERS if any(r["sampler"] == s for r in group)]:
+                    own = {r["seed"]: r[key] for r in group if r["sampler"] == sampler and r[key] is not None}
+                    x = np.array(list(own.values()), dtype=float)
+                    if not len(x):
+                        continue
+                    lo, hi = bootstrap_interval(median, x, x)
+                    line = f"    {sampler:10s} n {len(x):2d}  {np.median(x):.4f} [{lo:.4f}, {hi:.4f}]"
+                    common = sorted(set(own) & set(base))
+                    if sampler != "random" and common:
+                        a = np.array([own[s] for s in common])
+                        b = np.array([base[s] for s in common])
+                        dlo, dhi = bootstrap_interval(paired, a, b)
+                        line += f"   vs random ({len(common)} seeds) {np.median(a - b):+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
+                    out.append(line)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -290,9 +470,26 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=512)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--data-dir", default=None)
+    p = sub.add_parser("strategies")
+    p.add_argument("--samplers", default=",".join(STRATEGY_SAMPLERS), help="comma-separated Optuna samplers")
+    p.add_argument("--trials", default="20,60", help="trained-candidate counts, comma-separated")
+    p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1, paired across samplers")
+    p.add_argument("--budget", default="4.5GFLOPs")
+    p.add_argument("--dataset", default=None, help="a dataset for nas.data.load_dataset (default: the CIFAR-10 "
+                   "JPEGs as imagefolder:CIFAR_DIR/train); e.g. fashion-mnist for a smoke test")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cifar-dir", default="~/.cache/opmix/cifar-10-jpeg", help="where the JPEGs are extracted")
+    p.add_argument("--tarball", default=str(CIFAR_TARBALL))
+    p.add_argument("--results", default="benchmarks/results/strategies.jsonl",
+                   help="one JSON line per finished run; the runs it holds are skipped")
+    p.add_argument("--epochs", type=int, default=None, help="override the fidelity's epochs (smoke tests)")
+    p.add_argument("--max-train", type=int, default=None, help="override its images per epoch (smoke tests)")
+    p.add_argument("--verbose", action="store_true", help="print each search's progress")
+    p.add_argument("--schedule", action="store_true",
+                   help="also run each search with a Hyperband schedule at the ASHA run's wall time")
     args = parser.parse_args()
     {"trial-cost": trial_cost, "overhead": overhead, "quality": quality, "fidelity": fidelity,
-     "tpe-variants": tpe_variants}[args.what](args)
+     "tpe-variants": tpe_variants, "strategies": strategies}[args.what](args)
 
 
 if __name__ == "__main__":
