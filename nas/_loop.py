@@ -245,7 +245,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
-        start_ray(address, imports, num_cpus=_keep_cores_for_latency(costs, address, log))
+        start_ray(address, imports, num_cpus=keep_cores_for_latency(config.latency, address, log))
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=measure_arch, references=references, history=candidates, log=log,
                                   costs=costs)
@@ -292,20 +292,21 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     return summarize(run, config, started)
 
 
-def _keep_cores_for_latency(costs, address: str | None, log) -> int | None:
-    """With a CPU latency target and Ray started here, keep the last ``threads`` cores free of trials: the
-    table's layers and the end-to-end checks are measured there (``nas.latency.pinned``), never beside a
-    training proxy. Returns the CPUs Ray may use (None: all). A Ray already running, or a cluster
-    (``--address``), is left as it is."""
+def keep_cores_for_latency(latency: dict[str, Any] | None, address: str | None, log) -> int | None:
+    """With a CPU latency target (a run's ``latency`` configuration) and Ray not started yet here, keep the
+    last ``threads`` cores free of trials: the table's layers and the end-to-end checks are measured there
+    (``nas.latency.pinned``), never beside a training proxy. Returns the CPUs Ray may use (None: all). A Ray
+    already running, or a cluster (``--address``), is left as it is."""
     import ray
 
-    if costs.target is None or costs.target.name == "cuda" or address or ray.is_initialized():
+    if not latency or latency["target"] == "cuda" or address or ray.is_initialized():
         return None
-    from .latency import reserve_cores
+    from .latency import Target, reserve_cores
 
-    left = reserve_cores(costs.target)
+    target = Target(latency["target"], int(latency.get("threads", 1)), int(latency.get("batch", 1)))
+    left = reserve_cores(target)
     if left:
-        log(f"  {costs.target.threads} core(s) kept for latency measurements, {left} for training")
+        log(f"  {target.threads} core(s) kept for latency measurements, {left} for training")
     else:
         log("  no core can be kept for latency measurements on this machine: they run beside the training")
     return left or None

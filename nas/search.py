@@ -217,7 +217,9 @@ def _main(argv: list[str] | None) -> int:
         load_space(config.space)  # fail on a bad space or dataset before anything is written
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     _cli.writable_dir(runs_dir, "--runs-dir")
-    start_ray(args.address, imports)
+    from ._loop import keep_cores_for_latency
+
+    start_ray(args.address, imports, num_cpus=keep_cores_for_latency(config.latency, args.address, print))
     check_resources(args.cpus_per_trial, args.gpus_per_trial)
     if args.resume:
         study_name = previous.get("study_name", "opmix")
