@@ -248,7 +248,7 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         start_ray(address, imports, num_cpus=keep_cores_for_latency(config.latency, address, log))
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=measure_arch, references=references, history=candidates, log=log,
-                                  costs=costs)
+                                  costs=costs, deadline=None if proxy_budget is None else time.time() + proxy_budget)
         proxy = config.proxy
         fn = tune.with_resources(
             tune.with_parameters(trainable, data=resize_data(data, proxy.image_size), proxy=proxy, seed=config.seed,

@@ -409,3 +409,24 @@ def test_a_latency_objective_alone_takes_the_default_target_and_the_flags_fill_t
     assert only.budget is None and only.objectives == ("accuracy", "flops")
     assert only.latency["budget_ms"] == pytest.approx(0.8) and only.latency["threads"] == 2
     assert _config_from_args(_parser().parse_args(["--budget", "1G"]), None).latency is None
+
+
+def test_the_searcher_stops_proposing_at_the_deadline(tmp_path):
+    """Tune's time budget cannot interrupt a suggest() that rejects candidate after candidate (each latency
+    prediction may take seconds): past its deadline the searcher asks the study for nothing more."""
+    import time
+
+    from nas._searcher import BudgetSearcher
+    from nas.rundir import RunDir
+    from nas.space import load_space
+
+    class Study:
+        asked = 0
+
+        def ask(self):
+            Study.asked += 1
+            raise AssertionError("asked past the deadline")
+
+    late = BudgetSearcher(study=Study(), space=load_space("hybrid"), budget=10**9, epochs=2,
+                          run=RunDir(tmp_path / "run"), measure=lambda arch: (0, 0), deadline=time.time() - 1)
+    assert late.suggest("t1") is None and Study.asked == 0
