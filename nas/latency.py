@@ -350,10 +350,36 @@ def cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "opmix") / "latency"
 
 
+# modules whose code every layer runs besides its own module's: a change to them changes every key
+SHARED_CODE = ("operators._layers", "operators._attention", "operators.stems")
+
+
+def code_digest(module_name: str) -> str:
+    """Eight hex digits of the source of ``module_name`` and of ``SHARED_CODE``: a layer's figure belongs to
+    the code that ran, so a table entry measured before that code changed is not found (and is measured
+    again) after it. Modules without a source file (built in) digest as their name."""
+    if module_name not in _DIGESTS:
+        import importlib
+        import inspect
+
+        h = hashlib.sha1()
+        for name in (module_name, *SHARED_CODE):
+            try:
+                h.update(inspect.getsource(importlib.import_module(name)).encode())
+            except (ImportError, OSError, TypeError):
+                h.update(name.encode())
+        _DIGESTS[module_name] = h.hexdigest()[:8]
+    return _DIGESTS[module_name]
+
+
+_DIGESTS: dict[str, str] = {}
+
+
 def layer_key(layer) -> str:
-    """A table's key for one ``nas.flops.Layer``: its constructor (module and name), arguments, keywords (with
-    their types) and input shape, batch included."""
-    factory = f"{layer.factory.__module__}.{layer.factory.__qualname__}"
+    """A table's key for one ``nas.flops.Layer``: its constructor (module and name) with the digest of its
+    code (``code_digest``), arguments, keywords (with their types) and input shape, batch included."""
+    module = layer.factory.__module__
+    factory = f"{module}.{layer.factory.__qualname__}#{code_digest(module)}"
     kwargs = ",".join(f"{k}={type(v).__name__}:{v!r}" for k, v in sorted(layer.kwargs.items()))
     return f"{factory}{layer.args!r}{{{kwargs}}}@{'x'.join(map(str, layer.input_shape))}"
 

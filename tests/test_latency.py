@@ -177,6 +177,24 @@ def test_a_layer_is_keyed_by_its_call_its_input_and_the_batch(fake_measure):
         predict(load_reference("convnext_t"), table1, measure=False)
 
 
+def test_a_layer_s_key_changes_with_its_code(monkeypatch):
+    import hashlib
+    import inspect
+
+    import operators.resnet as module
+
+    layer = next(layer for layer in arch_layers(load_reference("resnet50")) if layer.part == "stages.0")
+    assert layer.factory.__module__ == "operators.resnet"
+    h = hashlib.sha1()
+    for name in ("operators.resnet", *latency.SHARED_CODE):
+        h.update(inspect.getsource(__import__(name, fromlist=["_"])).encode())
+    assert f"#{h.hexdigest()[:8]}" in latency.layer_key(layer)
+    before = latency.layer_key(layer)
+    monkeypatch.setattr(latency, "_DIGESTS", {})  # the module's code edited: its source reads otherwise
+    monkeypatch.setattr(inspect, "getsource", lambda m: "# edited\n" + open(m.__file__).read())
+    assert latency.layer_key(layer) != before and module is not None
+
+
 def test_a_table_from_another_fingerprint_is_refused(tmp_path, fake_measure):
     path = tmp_path / "shared.json"
     predict(load_reference("resnet50"), LatencyTable(Target("torch-cpu", threads=2), path))
