@@ -28,9 +28,11 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 # take the operator's own scheme.
 ATTN_SCHEMES = {"torch_default", "fan_in", "fan_out", "zeros"}
 # Per operator: the schemes its convs and linears may carry, and whether the last BN of its residual branch
-# starts at zero (timm's zero_init_last). The source of each is in the operator's module docstring. A newly
-# registered operator fails test_every_operator_declares_its_init until it is added here.
-DECLARED: dict[str, tuple[set[str], bool]] = {
+# starts at zero (timm's zero_init_last: one such BN, the block starts as ReLU(x)), or "identity": every
+# identity-residual branch ends in a BN at zero and nothing follows the sums, so the block starts as x where
+# the shape allows (EfficientViT's zero_last_gamma). The source of each is in the operator's module docstring.
+# A newly registered operator fails test_every_operator_declares_its_init until it is added here.
+DECLARED: dict[str, tuple[set[str], bool | str]] = {
     "resnet_basic": ({"fan_out"} | ATTN_SCHEMES, True),  # timm resnet.py
     "resnet_bottleneck": ({"fan_out"} | ATTN_SCHEMES, True),  # timm resnet.py
     "bot": ({"fan_out"}, True),  # timm byobnet / byoanet
@@ -58,12 +60,17 @@ DECLARED: dict[str, tuple[set[str], bool]] = {
     "glmix": ({"xavier", "trunc_normal", "torch_default"}, False),  # rayleizhu/GLMix over nn.MultiheadAttention
     "global_context": ({"fan_out", "fan_in", "zeros"}, True),  # xvjiarui/GCNet ContextBlock + timm resnet
     "lesa": ({"fan_out"}, False),  # Chenglin-Yang/LESA_classification: kaiming fan_out, zero_init_residual off
+    # mit-han-lab/efficientvit init_modules + zero_last_gamma: every residual branch (LiteMLA, MBConv) ends at 0
+    "linear_attention": ({"trunc_normal"}, "identity"),
+    "quadratic_attention": ({"trunc_normal"}, False),  # epfml/attention-cnn: BERT N(0, 0.02^2) on Linear
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
                  "small1": "fan_out", "small2": "fan_out", "small4": "fan_out", "small8": "fan_out",
                  "levit": "torch_default", "nat": "torch_default",
                  "cvt": "torch_default", "mvit": "torch_default", "uniformer": "torch_default",
-                 "mixformer": "paddle_default", "glnet": "torch_default"}
+                 "mixformer": "paddle_default", "glnet": "torch_default", "efficientvit": "trunc_normal"}
+# Stems with a residual block whose last BN starts at 0: EfficientViT's DSConv (zero_last_gamma)
+STEM_ZERO_LAST = {"efficientvit"}
 DOWNSAMPLER_DECLARED = {"conv": "fan_out", "patch": "trunc_normal", "nat": "torch_default", "cvt": "torch_default",
                         "uniformer": "torch_default", "glnet": "torch_default"}
 HEAD_DECLARED = {"pool_linear": "torch_default", "norm_pool_linear": "trunc_normal", "pool_norm_linear": "trunc_normal"}
@@ -196,13 +203,15 @@ def test_norms_start_at_one_and_last_bn_at_zero_where_declared(name, kw):
         op = operators.create_op(name, in_chs, out_chs, stride, **kw)
         weights = norm_weights(op)
         zeroed = sum(1 for w in weights if not w.any())
-        assert zeroed == int(zero_last), f"{zeroed} norms start at weight 0, declared {int(zero_last)}"
+        if zero_last != "identity":  # "identity": as many as the branches; the start below checks them all
+            assert zeroed == int(zero_last), f"{zeroed} norms start at weight 0, declared {int(zero_last)}"
         assert all(torch.equal(w, torch.ones_like(w)) for w in weights if w.any())
-    if zero_last:  # the residual branch adds 0: the block starts as ReLU(identity)
+    if zero_last:  # the residual branches add 0: the block starts as ReLU(identity), or as the identity
         op = operators.create_op(name, 32, 32, 1, **kw)
         x = torch.randn(2, 32, 9, 9)
         with torch.no_grad():
-            torch.testing.assert_close(op(x), torch.relu(x), rtol=0, atol=0)
+            want = x if zero_last == "identity" else torch.relu(x)
+            torch.testing.assert_close(op(x), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
@@ -245,7 +254,9 @@ def test_stems(kind):
     torch.manual_seed(0)
     stem = operators.get_stem(kind).factory(3, 96)
     check_module(stem, {STEM_DECLARED[kind]})
-    assert all(torch.equal(w, torch.ones_like(w)) for w in norm_weights(stem))
+    weights = norm_weights(stem)
+    assert sum(1 for w in weights if not w.any()) == (kind in STEM_ZERO_LAST)
+    assert all(torch.equal(w, torch.ones_like(w)) for w in weights if w.any())
 
 
 @pytest.mark.parametrize("kind", operators.list_downsamplers())
