@@ -39,6 +39,10 @@ PUBLISHED = {
     # a pre-logits layer of the same width (31.5 M multiply-adds fewer)
     "mixformer_b4": (35e6, 3.6e9, 0.08),
     "glnet_4g": (27e6, 4.5e9, 0.05),
+    # EfficientViT-B3 less what its head has over pool_linear with a 2560-wide pre-logits layer: the 1x1 conv
+    # 512 -> 2304 + BN on the 7x7 map and Linear 2304 -> 2560 + LN instead of Linear 512 -> 2560, 5.77 M params
+    # and 62 M multiply-adds (docs/spaces.md, note 6); the backbone is the official one to the parameter
+    "efficientvit_b3": (49e6 - 5.77e6, 4.0e9 - 0.062e9, 0.03),
 }
 
 
