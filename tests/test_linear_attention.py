@@ -171,3 +171,12 @@ def test_hardswish_and_relu_are_where_the_paper_puts_them():
     qkv[:, :8] = 1.0  # q = k = 1
     out = relu_linear_attention(qkv, 4)
     torch.testing.assert_close(out, torch.full_like(out, -1.0))
+
+
+def test_a_query_whose_relu_is_zero_reads_zero_not_nan():
+    """Its normaliser is 0 + eps: the output is 0 (small head dims meet such queries; the ONNX test of the
+    head_dim=8 variant checks that the exported graph keeps the eps)."""
+    qkv = torch.randn(1, 3 * 4, 2, 3)
+    qkv[:, :4, 0, 0] = -1.0  # the first query's q is all negative
+    out = relu_linear_attention(qkv, 4)
+    assert torch.isfinite(out).all() and not out[0, :, 0, 0].any()
