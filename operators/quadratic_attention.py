@@ -20,9 +20,9 @@ never downsamples.
 around the query, softmax inside the window, renormalised at the borders over the cells inside the map; it is
 a depthwise K x K convolution (one kernel per head) divided by that convolution of a map of ones. Costs, in
 multiply-adds per image: global N_h N^2 C_in + N N_h C_in C_out (+ N C_out^2 for the dense, folded at deploy);
-windowed N N_h K^2 C_in + N N_h C_in C_out. Without content the attention depends on the resolution only:
-in eval mode without autograd its probabilities (or window normaliser) are cached per resolution (and per
-parameter version, so a changed mu or spread is seen).
+windowed N N_h K^2 C_in + N N_h C_in C_out (+ N N_h K^2 for the border normaliser). Without content the
+attention depends on the resolution only: in eval mode without autograd its probabilities (or window
+normaliser) are cached per resolution (and per parameter version, so a changed mu or spread is seen).
 
 Deploy form (``reparameterize``): the dense folds into the value Linear, and a windowed layer's kernels become
 fixed weights. It stays the per-head depthwise convolution, renormalised at the borders, then one 1x1 map:
