@@ -43,6 +43,7 @@ class Costs:
                  measure_flops: Callable[[Arch], tuple[int, int]], log: Callable[[str], None] = print):
         self.budget, self.objectives, self.measure_flops, self.log = budget, tuple(objectives), measure_flops, log
         self.latency_budget = self.target = self.table = None
+        self._latency: dict[Arch, dict[str, Any]] = {}
         if latency:
             from .latency import LatencyTable, Target
 
@@ -69,6 +70,11 @@ class Costs:
         latency budget (``{}`` without a latency target)."""
         if self.table is None:
             return {}
+        if arch not in self._latency:  # a reference is judged before it is launched: once is enough
+            self._latency[arch] = self._judge_latency(arch)
+        return self._latency[arch]
+
+    def _judge_latency(self, arch: Arch) -> dict[str, Any]:
         from .latency import measure_arch_latency, predict
 
         pred = predict(arch, self.table)
@@ -109,9 +115,6 @@ class Costs:
             else:
                 out.append(float(latency_ms) if latency_ms is not None else 2.0 * float(self.latency_budget or 1))
         return out
-
-    def needs_latency(self) -> bool:
-        return self.table is not None
 
     def describe(self) -> str:
         from .flops import format_flops

@@ -330,6 +330,16 @@ def stage_breakdown(model: nn.Module, input_shape: tuple[int, ...], deploy: bool
     return {name: int(per_module.get(name, 0)) for name in names}
 
 
+def part_label(arch: Arch, name: str) -> str:
+    """'stage 2 (swin x2, 192)' for ``stages.1``; ``stem`` and ``head`` as they are: how the commands that
+    break a network down (``nas.flops``, ``nas.latency``) name its parts."""
+    if not name.startswith("stages."):
+        return name
+    i = int(name.split(".")[1])
+    s = arch.stages[i]
+    return f"stage {i + 1} ({s.op} x{s.depth}, {s.width})"
+
+
 PROG = "python -m nas.flops"
 
 
@@ -369,11 +379,7 @@ def _main(argv: list[str] | None) -> int:
     print(f"  params  {params / 1e6:8.2f} M deploy form" +
           (f"   ({train_params / 1e6:.2f} M in training form)" if train_params != params else ""))
     for name, part in stages.items():
-        label = name if not name.startswith("stages.") else f"stage {int(name.split('.')[1]) + 1}"
-        if name.startswith("stages."):
-            s = arch.stages[int(name.split(".")[1])]
-            label += f" ({s.op} x{s.depth}, {s.width})"
-        print(f"    {label:32s} {format_flops(part):>9s}  {100 * part / flops:5.1f} %")
+        print(f"    {part_label(arch, name):32s} {format_flops(part):>9s}  {100 * part / flops:5.1f} %")
     return 0
 
 

@@ -541,9 +541,12 @@ def predict(arch: Arch, table: LatencyTable, *, measure: bool = True) -> Predict
     from .flops import arch_layers
 
     t0, before = time.perf_counter(), table.measured
-    shape = (table.target.batch, arch.in_chans, arch.input_size, arch.input_size)
+    batch = table.target.batch
     parts: dict[str, float] = {}
-    for layer in arch_layers(arch, shape):
+    # the layers as the FLOP count traced them (batch 1, remembered), at the target's batch: a layer's shapes
+    # scale with the batch, so nothing is traced again for another one
+    for layer in arch_layers(arch):
+        layer = layer._replace(input_shape=(batch, *layer.input_shape[1:]))
         ms = table.layer_ms(layer, measure=measure)
         if ms is None:
             raise KeyError(f"layer {layer_key(layer)} is not in the table {table.path}")
@@ -559,6 +562,7 @@ PROG = "python -m nas.latency"
 
 def _main(argv: list[str] | None) -> int:
     from . import _cli, plugins
+    from .flops import part_label
 
     parser = _cli.Parser(prog=PROG, description="Latency of an architecture's deploy form on a target: the total "
                          "and per-stage milliseconds, measured (median of rounds after warm-up, with the IQR).")
@@ -583,7 +587,7 @@ def _main(argv: list[str] | None) -> int:
     arch, label = _source_arch(args.source, args.trial)
     result = measure_arch_latency(arch, target, parts=True)
     pred = predict(arch, table) if table is not None else None
-    if table is not None and pred is not None:
+    if pred is not None:
         table.add_network(arch, pred.sum_ms, result["total"])
     if args.json:
         out = {"source": args.source, "arch": label, "target": target.fingerprint(),
@@ -594,12 +598,8 @@ def _main(argv: list[str] | None) -> int:
         return 0
     print(f"{label} on {target.describe()} ({target.fingerprint()['cpu'] if target.name != 'cuda' else target.fingerprint()['gpu']})")
     print(f"  total   {result['total'].text()}")
-    for i, (name, timing) in enumerate(result["parts"].items()):
-        what = name
-        if name.startswith("stages."):
-            s = arch.stages[int(name.split(".")[1])]
-            what = f"stage {int(name.split('.')[1]) + 1} ({s.op} x{s.depth}, {s.width})"
-        print(f"    {what:34s} {timing.ms:8.2f} ms  IQR {timing.iqr_ms:.2f}")
+    for name, timing in result["parts"].items():
+        print(f"    {part_label(arch, name):34s} {timing.ms:8.2f} ms  IQR {timing.iqr_ms:.2f}")
     print("  (each part timed alone; the parts need not add up to the total)")
     if pred is not None:
         err = (pred.ms - result["total"].ms) / result["total"].ms
@@ -615,18 +615,15 @@ def _source_arch(source: str, trial: str | None) -> tuple[Arch, str]:
     path = Path(source)
     if path.is_dir():
         from .export import pick_trial
-        from .rundir import RunDir
+        from .pareto import objectives_of
+        from .rundir import RunDir, trial_label
 
         run = RunDir(path)
         if not run.exists():
             raise OpmixError(f"{source} is a folder but not a run (no config.yaml); give a run folder or an arch "
                              f"YAML file")
-        from .pareto import objectives_of
-
         config = run.read_config()
         record = pick_trial(run.read_trials(), config.get("budget"), trial, *objectives_of(config))
-        from .rundir import trial_label
-
         return Arch.from_dict(record["arch"]), f"{source} {trial_label(record)}"
     if trial is not None:
         raise OpmixError(f"--trial goes with a run folder, and {source} is not one")

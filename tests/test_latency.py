@@ -131,9 +131,8 @@ def test_a_real_module_is_timed_on_both_cpu_runtimes():
     conv = nn.Conv2d(3, 8, 3, padding=1).eval()
     for name in ("torch-cpu",) + (("ort-cpu",) if _has_ort() else ()):
         t = latency.measure_module(conv, (1, 3, 16, 16), Target(name), rounds=2, repeats=3, warmup_s=0.0)
-        assert t.runs == 6 or t.runs == 12
-        assert 0 < t.ms <= t.median_ms * 1.0001 or t.ms <= max(t.round_ms)
-        assert t.q25_ms <= t.median_ms <= t.q75_ms
+        assert t.runs == 3 * len(t.round_ms) and len(t.round_ms) in (2, 4)  # a second set when they disagree
+        assert 0 < t.ms == min(t.round_ms) and t.q25_ms <= t.median_ms <= t.q75_ms
 
 
 def _has_ort() -> bool:
@@ -360,9 +359,10 @@ def test_the_study_names_its_objectives_and_holds_both_constraints(latency_run):
     for t in told:
         named = [t.constraints["flops_over_budget"], t.constraints["latency_over_budget"]]
         assert t.system_attrs["constraints"] == named
-        assert (max(named) > 0) == (t.values[0] == 0.0 and t.user_attrs.get("reference") is None
-                                     and max(named) > 0)
+        if max(named) > 0:  # refused, never trained: told at accuracy 0
+            assert t.values[0] == 0.0
     assert any(max(t.system_attrs["constraints"]) > 0 for t in told)
+    assert any(max(t.system_attrs["constraints"]) <= 0 for t in told)
 
 
 def test_the_front_and_its_files_carry_latency(latency_run):
@@ -377,11 +377,13 @@ def test_the_front_and_its_files_carry_latency(latency_run):
     assert all(e.get("latency_ms") is not None for e in data["front"])
 
 
-def test_a_latency_budget_below_every_network_gives_up_naming_the_fastest(latency_run, monkeypatch):
+def test_a_latency_budget_below_every_network_gives_up_naming_the_fastest(latency_run):
     _, _, values, _, low = latency_run
-    assert low.returncode in (1, 2), low.stderr
-    text = low.stdout + low.stderr
-    assert "fastest network seen took" in text and "raise --latency-budget" in text
+    assert low.returncode == 2, low.stderr
+    assert len(low.stderr.strip().splitlines()) == 1, low.stderr
+    assert "fastest network seen took" in low.stderr and "raise --latency-budget" in low.stderr
+    fastest = float(low.stderr.split("fastest network seen took ")[1].split(" ms")[0])
+    assert fastest >= values[0] - 0.01  # no network of the space is faster than the formula's fastest
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -448,3 +450,20 @@ def test_the_searcher_stops_proposing_at_the_deadline(tmp_path):
     late = BudgetSearcher(study=Study(), space=load_space("hybrid"), budget=10**9, epochs=2,
                           run=RunDir(tmp_path / "run"), measure=lambda arch: (0, 0), deadline=time.time() - 1)
     assert late.suggest("t1") is None and Study.asked == 0
+
+
+def test_a_candidate_s_latency_is_judged_once(fake_measure, monkeypatch):
+    """A reference is judged before it is launched and again when launched: the prediction and the end-to-end
+    check near the bound happen once per network."""
+    from nas._costs import Costs
+
+    arch = load_reference("resnet50")
+    predicted = predict(arch, LatencyTable(Target("torch-cpu"))).ms
+    checks = []
+    monkeypatch.setattr(latency, "measure_arch_latency",
+                        lambda a, t: checks.append(a) or {"total": Timing(predicted, predicted, predicted,
+                                                                          predicted, (predicted,), 1)})
+    costs = Costs(None, ("accuracy", "flops"), {"target": "torch-cpu", "budget_ms": predicted * 1.01}, None)
+    first, again = costs.latency_of(arch), costs.latency_of(arch)
+    assert first == again and first["latency"]["measured_ms"] == pytest.approx(predicted, rel=1e-4)
+    assert len(checks) == 1
