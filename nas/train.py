@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TrainConfig", "TrainResult", "train_proxy", "evaluate", "correct_per_image"]
+__all__ = ["TrainConfig", "TrainResult", "train_proxy", "evaluate", "correct_per_image", "epoch_callbacks"]
 
 SYNC_EVERY = 32  # on CUDA, steps between reads of the loss (the NaN check); on CPU every step is read
 
@@ -113,6 +113,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batc
     return correct_per_image(model, x, y, mean, std, batch_size, device).sum().item() / max(1, len(x))
 
 
+EPOCH_CALLBACK = "on_train_epoch"
+
+
+def epoch_callbacks(model: nn.Module) -> list[Callable[[int, int], None]]:
+    """The ``on_train_epoch(epoch, epochs)`` methods of ``model``'s modules, in module order: an operator
+    declares one to follow a schedule over training (dynamic convolution's softmax temperature), and the
+    trainer calls each before every epoch, epochs counting from 1 out of ``epochs``, so a schedule written for
+    the paper's training scales to the proxy's few epochs."""
+    return [hook for m in model.modules() if callable(hook := getattr(m, EPOCH_CALLBACK, None))]
+
+
 def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
                 report: Callable[..., None] | None = None, *, per_image: bool = False) -> TrainResult:
     """Train ``model`` on ``data`` (a ``nas.data.ImageData``) for ``config.epochs`` epochs.
@@ -149,7 +160,10 @@ def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     result = TrainResult()
+    epoch_hooks = epoch_callbacks(model)
     for epoch in range(1, config.epochs + 1):
+        for hook in epoch_hooks:
+            hook(epoch, config.epochs)
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(x), generator=gen).to(device)

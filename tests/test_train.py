@@ -98,3 +98,28 @@ def test_evaluate_counts_correct_predictions():
     y = torch.tensor([3, 3, 3, 1, 1] + [7, 7, 7, 7, 2, 2, 2])
     acc = evaluate(_Rule(), x, y, mean=(0.5,), std=(0.25,), batch_size=5)  # batches that straddle the classes
     assert acc == pytest.approx((3 + 4) / 12)
+
+
+class _Scheduled(nn.Module):
+    """Declares an epoch callback; records each call and how many images it saw in training before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16 * 16, 10)
+        self.seen, self.calls = 0, []
+
+    def on_train_epoch(self, epoch: int, epochs: int) -> None:
+        self.calls.append((epoch, epochs, self.seen))
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x.shape[0]
+        return self.fc(x.flatten(1))
+
+
+def test_an_operators_epoch_callback_runs_before_every_epoch():
+    data = square_task(n_train=96, n_val=10)
+    inner = _Scheduled()
+    model = nn.Sequential(nn.Identity(), inner)  # found anywhere in the module tree
+    train_proxy(model, data, TrainConfig(epochs=3, batch_size=32, max_train=None, device="cpu"))
+    assert inner.calls == [(1, 3, 0), (2, 3, 96), (3, 3, 192)]
