@@ -127,7 +127,9 @@ def make_sampler(name: str, seed: int, trials: int, *, space=None,
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                               n_startup_trials=max(4, min(10, trials // 2)))
     if name == "nsga2":  # the default population of 50 would make a small search pure random sampling
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+        from .evolution import NSGAIISampler  # Optuna's, picklable as Ray needs
+
+        return NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     if name == "evolution":
         from ._costs import OBJECTIVES
         from .evolution import EvolutionSampler

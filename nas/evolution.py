@@ -27,6 +27,7 @@ drawn again rather than trained twice.
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,7 +38,23 @@ from optuna.trial import FrozenTrial, TrialState
 from .arch import Arch
 from .space import Space
 
-__all__ = ["EvolutionSampler", "mutate", "nondominated_ranks", "crowding_distances"]
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, made picklable. Ray Tune pickles the searcher, sampler included, into its experiment
+    state when the tuner starts and at each checkpoint; Optuna's genetic samplers hold a ``threading.Lock``,
+    which does not pickle, so ``--sampler nsga2`` failed before the first trial. The lock is left out of the
+    pickle and made anew when unpickled; the rest of the state (the seeded generator included) travels."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+__all__ = ["EvolutionSampler", "NSGAIISampler", "mutate", "nondominated_ranks", "crowding_distances"]
 
 SELECTIONS = ("accuracy", "pareto")
 MUTATIONS = ("op", "width", "depth", "param")

@@ -369,3 +369,22 @@ def test_mutants_never_break_the_spaces_constraints_and_the_searcher_counts_flop
     assert {r["trial_id"] for r in refused}.isdisjoint({t.number for t in children})
     assert len(s.measured) == 30 and all(small.contains(arch) for arch in s.measured)
     assert refused and all(Arch.from_dict(r["arch"]) not in s.measured for r in refused)  # random ones, never counted
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_survives_the_pickle_ray_takes_of_the_searcher(name, small):
+    # Ray Tune pickles the searcher with its sampler when the tuner starts; Optuna 5's NSGA-II holds a
+    # threading.Lock, and `--sampler nsga2` failed there ("cannot pickle '_thread.lock' object").
+    import pickle
+
+    import optuna
+
+    sampler = make_sampler(name, 3, 20, space=small)
+    twin = pickle.loads(pickle.dumps(sampler))
+    assert type(twin) is type(sampler)
+
+    def draws(s):  # the first proposals of a study that only this sampler drives
+        study = optuna.create_study(sampler=s, directions=["maximize", "minimize"])
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)]
+
+    assert draws(twin) == draws(pickle.loads(pickle.dumps(sampler)))
