@@ -8,8 +8,10 @@ Choices, made for ranking fidelity at low cost (a proxy only has to order candid
   against the overfitting of a few thousand images, cheap on a CPU;
 - a fixed training subset (the first ``max_train`` images of the shuffled training split) so that an epoch
   costs the same for every candidate; validation on a fixed part of the held-out split (``max_val`` images);
-- all cores a trial is given (``threads``); on CUDA, bfloat16 autocast, channels-last memory, the images kept on
-  the GPU, and the loss read back every ``SYNC_EVERY`` steps rather than every step (each read waits for the GPU).
+- all cores a trial is given (``threads``); on CUDA, bfloat16 autocast, channels-last memory, the training
+  images kept on the GPU as uint8 and augmented there (the offsets and flips are drawn from the trial's CPU
+  generator, so the draws are the same on any device), and the loss read back every ``SYNC_EVERY`` steps
+  rather than every step (each read waits for the GPU).
 A loss that turns NaN or infinite raises ``FloatingPointError``: the trial fails, the search goes on.
 
 Each evaluation also keeps which validation images the network got right (``TrainResult.correct``, the last
@@ -72,22 +74,41 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop after 2-px zero padding, and a horizontal flip, per image (float input)."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (2, 2, 2, 2))
+def _augment_draws(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random part of ``_augment`` for ``n`` images, drawn from the CPU generator ``gen``: each image's row
+    and column offset of the crop (0..4) and whether it is flipped. The draws never depend on where the images
+    are, so a trial on a GPU sees the augmentation it would see on a CPU."""
     dy = torch.randint(0, 5, (n,), generator=gen)
     dx = torch.randint(0, 5, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 4)
-    x = padded.gather(2, rows.to(x.device))
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    x = x.gather(3, cols.to(x.device))
     flip = torch.rand(n, generator=gen) < 0.5
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    return dy, dx, flip
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after 2-px zero padding, and a horizontal flip, per image (float input), computed on ``x``'s
+    device: only the draws (3 small vectors of ``len(x)``) travel there, and the index grids are built there."""
+    n, c, h, w = x.shape
+    dy, dx, flip = (t.to(x.device, non_blocking=True) for t in _augment_draws(n, gen))
+    padded = F.pad(x, (2, 2, 2, 2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 4)
+    x = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
+    x = x.gather(3, cols)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
+
+
+def _batch(x: torch.Tensor, idx: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+           gen: torch.Generator | None = None, channels_last: bool = False) -> torch.Tensor:
+    """A training batch: the uint8 images ``x[idx]`` (where ``x`` lies: on the GPU in a GPU trial) normalized,
+    augmented with draws from ``gen`` when one is given, and in channels-last memory when asked."""
+    xb = _normalize(x[idx], mean, std)
+    if gen is not None:
+        xb = _augment(xb, gen)
+    return xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
 
 
 @torch.no_grad()
@@ -170,11 +191,7 @@ def train_proxy(model: nn.Module, data, config: TrainConfig = TrainConfig(),
         loss_sum = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            xb = _normalize(x[idx], mean, std)
-            if config.augment:
-                xb = _augment(xb, gen)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = _batch(x, idx, mean, std, gen if config.augment else None, channels_last=device.type == "cuda")
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = F.cross_entropy(model(xb), y[idx], label_smoothing=config.label_smoothing)
             loss_sum += loss.detach().float()

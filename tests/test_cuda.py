@@ -84,6 +84,26 @@ def test_deploy_form_on_the_gpu(name, kw, exact_fp32):
         torch.testing.assert_close(deploy(x), op(x), rtol=1e-4, atol=1e-5)
 
 
+def test_augmentation_on_cuda_equals_the_cpus_exactly():
+    """The same generator seed gives the same crops and flips on the GPU as on the CPU, image for image (the
+    trainer augments on the device the images lie on; only the draws come from the CPU generator)."""
+    from nas.train import _augment, _batch
+
+    x = torch.randn(64, 3, 32, 32)
+    cpu = _augment(x, torch.Generator().manual_seed(5))
+    gpu = _augment(x.cuda(), torch.Generator().manual_seed(5))
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+    idx = torch.randperm(100)[:64]
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, -1, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, -1, 1, 1)
+    cpu = _batch(images, idx, mean, std, torch.Generator().manual_seed(5))
+    gpu = _batch(images.cuda(), idx.cuda(), mean.cuda(), std.cuda(), torch.Generator().manual_seed(5),
+                 channels_last=True)
+    assert gpu.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)  # the normalization's float rounding at most
+
+
 def test_train_proxy_learns_on_cuda_like_on_cpu():
     data = square_task()
     cfg = TrainConfig(epochs=3, batch_size=32, max_train=None, augment=False)

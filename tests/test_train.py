@@ -123,3 +123,26 @@ def test_an_operators_epoch_callback_runs_before_every_epoch():
     model = nn.Sequential(nn.Identity(), inner)  # found anywhere in the module tree
     train_proxy(model, data, TrainConfig(epochs=3, batch_size=32, max_train=None, device="cpu"))
     assert inner.calls == [(1, 3, 0), (2, 3, 96), (3, 3, 192)]
+
+
+def test_augmentation_draws_are_the_same_on_any_device():
+    """The crop offsets and flips come from the trial's CPU generator whatever device the images are on (the
+    "meta" device stands in for a GPU here: it computes no values, but the draws and the generator's state
+    after them are what a GPU trial would have); the CUDA test compares the images themselves."""
+    from nas.train import _augment, _augment_draws
+
+    x = torch.randn(16, 3, 8, 10)
+    states = {}
+    for device in ("cpu", "meta"):
+        gen = torch.Generator().manual_seed(3)
+        out = _augment(x.to(device), gen)
+        assert out.shape == x.shape and out.device.type == device
+        states[device] = gen.get_state()
+    assert torch.equal(states["cpu"], states["meta"])
+
+    dy, dx, flip = _augment_draws(16, torch.Generator().manual_seed(3))  # what _augment applied, image by image
+    out = _augment(x, torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(16):
+        crop = padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 10]
+        assert torch.equal(out[i], crop.flip(2) if flip[i] else crop)
