@@ -24,6 +24,7 @@ from . import _cli, plugins
 from ._confirm import SEEDS
 from ._loop import SearchConfig, search
 from ._summary import print_summary
+from .cluster import parse_gpus_per_trial
 from .errors import OpmixError
 from ._costs import check_objectives
 from .flops import format_flops, parse_budget
@@ -82,7 +83,9 @@ def _parser() -> _cli.Parser:
     p.add_argument("--address", default=None, help="join a Ray cluster (e.g. 10.0.0.1:6379 or 'auto'); "
                    "default: start Ray on this machine")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: 0)")
+    p.add_argument("--gpus-per-trial", default=None, metavar="N|auto",
+                   help="GPUs per trial, e.g. 0.25, or auto: pack trials onto this machine's GPUs, as many per GPU "
+                   "as its CPUs can feed (default: auto where CUDA is available, else 0)")
     p.add_argument("--time-budget", default=None, help="stop after this long, e.g. 30m (default: 14m for the "
                    "bare command on this machine, else none; --resume keeps the run's own)")
     p.add_argument("--confirm", type=int, default=None, metavar="K",
@@ -165,8 +168,8 @@ def _validate(config: SearchConfig, args) -> None:
     if not 0 < config.width_mult <= 4:
         raise OpmixError(f"--width-mult {config.width_mult} must be in (0, 4]")
     config.proxy  # noqa: B018 -- the proxy settings' own checks (grace period, image size, ...)
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        raise OpmixError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if args.cpus_per_trial <= 0:
+        raise OpmixError(f"--cpus-per-trial {args.cpus_per_trial:g} must be > 0")
 
 
 def _run_name(args, budget: int | None) -> str:
@@ -182,6 +185,7 @@ def _run_name(args, budget: int | None) -> str:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    gpus_asked = parse_gpus_per_trial(args.gpus_per_trial)
     if args.retry_failed and not args.resume:
         raise OpmixError("--retry-failed goes with --resume --name NAME: it trains again what a run recorded failed")
     budget = parse_budget(args.budget) if args.budget is not None else None
@@ -199,7 +203,7 @@ def _main(argv: list[str] | None) -> int:
                              f"or pick another --name")
         config = _config_from_args(args, None)
     _validate(config, args)
-    from .cluster import check_resources, start_ray
+    from .cluster import check_resources, ray_cpus, resolve_gpus_per_trial, start_ray
     from .data import load_dataset
     from .space import load_space
 
@@ -220,7 +224,8 @@ def _main(argv: list[str] | None) -> int:
     from ._loop import keep_cores_for_latency
 
     start_ray(args.address, imports, num_cpus=keep_cores_for_latency(config.latency, args.address, print))
-    check_resources(args.cpus_per_trial, args.gpus_per_trial)
+    gpus_per_trial = resolve_gpus_per_trial(gpus_asked, args.cpus_per_trial, ray_cpus(), log=print)
+    check_resources(args.cpus_per_trial, gpus_per_trial)
     if args.resume:
         study_name = previous.get("study_name", "opmix")
         kept = {**previous, "imports": imports, "seed_references": config.seed_references,
@@ -237,7 +242,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         summary = search(config, run=run, resume=args.resume, storage=storage, study_name=study_name,
                          address=args.address, cpus_per_trial=args.cpus_per_trial,
-                         gpus_per_trial=args.gpus_per_trial, time_budget_s=time_budget, data=data,
+                         gpus_per_trial=gpus_per_trial, time_budget_s=time_budget, data=data,
                          imports=tuple(imports), retry_failed=args.retry_failed)
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished trials are kept in {run.trials}. Continue with:\n"
@@ -254,13 +259,14 @@ BARE_TIME_BUDGET_S = 14 * 60.0  # the bare command's cap: with its confirmation,
 
 def is_bare_command(args) -> bool:
     """The bare command: ``--budget``, maybe ``--name``, ``--runs-dir``, ``--data-dir``, ``--seed``,
-    ``--sampler``, ``--storage``, run on this machine with the default resources; nothing that sets its cost."""
+    ``--sampler``, ``--storage``, run on this machine with the default resources (on a machine with CUDA,
+    ``--gpus-per-trial auto``); nothing that sets its cost."""
     return (all(getattr(args, k) is None for k in ("space", "trials", "epochs", "dataset", "max_train", "width_mult",
                                                    "image_size", "grace_period", "confirm", "address",
                                                    "latency_budget", "latency_target", "latency_threads",
                                                    "latency_batch", "latency_table", "objectives"))
             and not (args.resume or args.seed_references or args.no_early_stop or args.retry_failed)
-            and args.cpus_per_trial == 1.0 and args.gpus_per_trial == 0.0)
+            and args.cpus_per_trial == 1.0 and args.gpus_per_trial is None)
 
 
 def _time_budget(args, previous: dict[str, Any]) -> float | None:
