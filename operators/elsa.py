@@ -22,24 +22,25 @@ The neighbourhood products are an einsum over the unfolded values (C x k^2 multi
 counts them; the filter construction (one multiply and one add per element) is elementwise, free by the
 counting convention of ``nas.flops``.
 
-No deploy fold: the deploy form is the training form (no ``reparameterize``), because the only fold available
-adds multiply-adds and removes none. The only static piece behind the input-dependent attention is the ghost
-head (G_mul multiplies the attention, so it stays; the grouped conv, GELU and softmax stand between the
-projections and the logits). G_add splits off by linearity: sum_j v_j (G_mul,j A_j + G_add,j) = sum_j v_j
-G_mul,j A_j + sum_j G_add,j v_j, the second sum over the zero-padded neighbourhood a depthwise k x k conv of v
-(kernel G_add, padding k // 2). That split (this module's deploy form until issue 21) skips building the
-per-channel filter tensor (B, C, k^2, H W) in mode "add", but it adds the depthwise conv's C k^2 H W
-multiply-adds, while the fused filter spends C k^2 H W additions there, free by the convention (an add is no
-multiply-add), and the products over the unfolded values cost C k^2 H W either way (the heads' attention alone,
-broadcast over a head's channels, still meets each of the C k^2 values of a pixel once): a 96-wide block (3
-heads, k = 7, ghost "add") at 56 x 56 counted 468.2 M against 453.5 M (+3.25 %, more at a smaller group width or
-a larger kernel). Nothing absorbs the depthwise conv either: v is a slice of the shared qkv 1x1 projection
-(whose bias reaches the output through the zero-padded border, so position-dependently) and composing the conv
-with that 1x1 or with ``post_proj`` gives a dense k x k conv, C^2 k^2 multiply-adds a pixel instead of C k^2;
-G_add cannot enter the logits past the softmax. In modes "mul" and "both" the split also built the filters (A
-G_mul) and saved nothing. The price of keeping the fused filter is speed, not count: in eager PyTorch on one CPU
-thread the split ran that 96-wide block at 56 x 56 in about 2/3 of the time (the filter tensor is as large as
-the unfolded values; the einsum copies both into its batched-matmul layout).
+Re-parameterization (``reparameterize()``), exact by linearity in the filter: sum_j v_j (G_mul,j A_j + G_add,j)
+= sum_j v_j G_mul,j A_j + sum_j G_add,j v_j, and the second sum over the zero-padded neighbourhood is a
+depthwise k x k conv of v with kernel G_add (zero padding k // 2, no bias). The deploy form applies the heads'
+attention (times G_mul where there is one) to the unfolded values and adds that static depthwise conv, held as
+the parameter ``ghost_dw`` (C, 1, k, k) and applied with ``F.conv2d``; the per-channel filter tensor
+(B, C, k^2, H W) is no longer built. What folds is G_add alone (G_mul multiplies the input-dependent attention
+and stays). The fold changes neither the parameter count (the C k^2 numbers move from an offset of the filters
+to a conv kernel) nor the module count, and moves C k^2 H W multiply-adds into the count (the depthwise conv,
+where the training form's add was free by convention). The depthwise conv has no static conv to merge with:
+v is a slice of the shared qkv projection, and composing it with that 1x1 or with ``post_proj`` would give a
+dense k x k conv, C k^2 times larger.
+
+So the deploy form counts C k^2 H W multiply-adds more than the training form (+3.25 % for a 96-wide block, 3
+heads, k = 7, at 56 x 56), and it is kept on purpose: no fold is both exact and no dearer (G_add is the only
+static piece, the softmax keeps it out of the logits, and the fused filter's add is free only by the counting
+convention), while the split runs faster. It never builds the filter tensor, as large as the unfolded values,
+that the einsum copies into its batched-matmul layout: that 96-wide block at 56 x 56 ran in about 130 ms against
+about 210 ms for the training form (eager PyTorch, one CPU thread, ghost "add", issue 21's check). A user pays
+in latency, not in the convention's multiply-adds; ``nas.flops`` counts the deploy form as it is.
 
 Stride 2 or a width change: Swin's patch merging in front of the block (``swin.PatchMerging``: 2x2 neighbours
 concatenated, LayerNorm, linear to out_chs; a LayerNorm + linear at stride 1), as ELSA-Swin's stages change
@@ -101,6 +102,7 @@ class ElsaAttention(nn.Module):
         mul, add = ghost in ("mul", "both"), ghost in ("add", "both")
         self.ghost_mul = nn.Parameter(torch.randn(dim, kernel, kernel)) if mul else None
         self.ghost_add = nn.Parameter(trunc_normal_(torch.zeros(dim, kernel, kernel))) if add else None
+        self.ghost_dw: nn.Parameter | None = None  # the deploy form's depthwise kernel (G_add folded)
         self.post_proj = nn.Linear(dim, dim)  # trunc_normal, from the enclosing block's init_weights
 
     def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +126,18 @@ class ElsaAttention(nn.Module):
             if self.ghost_add is not None:
                 filters = filters + self.ghost_add.view(1, self.heads, d, kk, 1)
             out = torch.einsum("bhdjn,bhdjn->bhdn", vals, filters)
-        return self.post_proj(out.reshape(b, c, h, w).permute(0, 2, 3, 1))
+        out = out.reshape(b, c, h, w)
+        if self.ghost_dw is not None:
+            out = out + F.conv2d(v, self.ghost_dw, padding=self.kernel // 2, groups=c)
+        return self.post_proj(out.permute(0, 2, 3, 1))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Move G_add out of the filters into a static depthwise conv of v (module docstring); idempotent."""
+        if self.ghost_add is None:
+            return
+        self.ghost_dw = nn.Parameter(self.ghost_add.detach().unsqueeze(1).clone())  # (C, 1, k, k)
+        self.ghost_add = None
 
 
 def elsa(in_chs: int, out_chs: int, stride: int = 1, heads: int | None = None, head_dim: int = 32,

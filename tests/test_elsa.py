@@ -1,7 +1,6 @@
 """ELSA (operators/elsa.py): the neighbourhood softmax, a naive per-pixel reference of the whole mixer (zero
-padding, head layout, ghost head), the ghost-head split identity, the FLOPs fvcore counts against a formula
-(the deploy form no dearer than the training form), the parameter count of an ELSA-Swin-T block, the init and
-the keyword checks."""
+padding, head layout, ghost head), the exactness of the ghost-head fold, the FLOPs fvcore counts against a
+formula, the parameter count of an ELSA-Swin-T block, the init and the keyword checks."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import operators
-from nas.flops import count_flops, flop_analysis, unsupported_ops
+from nas.flops import flop_analysis, unsupported_ops
 from operators.elsa import ElsaAttention, elsa_qk_dim
 
 MODES = ("add", "mul", "both", "none")
@@ -95,9 +94,27 @@ def test_attention_is_a_softmax_over_each_neighbourhood():
     assert (attn[:, :, outside, 0].sum(dim=2) > 0.4).all()
 
 
+@pytest.mark.parametrize("ghost", MODES)
+def test_ghost_fold_is_exact(ghost):
+    m = _mixer(ghost, kernel=5)
+    before = sum(p.numel() for p in m.parameters())
+    g_add = None if m.ghost_add is None else m.ghost_add.detach().clone()
+    xs = [torch.randn(2, h, w, 16, dtype=torch.float64) for h, w in [(1, 1), (2, 3), (7, 9)]]
+    want = [m(x) for x in xs]
+    m.reparameterize()
+    m.reparameterize()  # idempotent
+    if g_add is None:  # nothing static to fold: G_mul multiplies the input-dependent attention
+        assert m.ghost_dw is None
+    else:
+        assert m.ghost_add is None
+        torch.testing.assert_close(m.ghost_dw, g_add.unsqueeze(1), rtol=0, atol=0)  # a (C, 1, k, k) kernel
+    assert sum(p.numel() for p in m.parameters()) == before
+    for x, y in zip(xs, want):
+        torch.testing.assert_close(m(x), y, rtol=1e-12, atol=1e-12)
+
+
 def test_fold_identity_with_an_independent_depthwise_conv():
-    """sum_j v_j (G_mul,j A_j + G_add,j) = sum_j v_j G_mul,j A_j + depthwise_conv(v, G_add), zero padding: the
-    split the module docstring rejects as a deploy form (exact, but C k^2 H W multiply-adds dearer)."""
+    """sum_j v_j (G_mul,j A_j + G_add,j) = sum_j v_j G_mul,j A_j + depthwise_conv(v, G_add), zero padding."""
     torch.manual_seed(1)
     c, k, h, w = 4, 3, 5, 4
     a = torch.rand(1, 1, k * k, h * w, dtype=torch.float64)  # one head
@@ -117,52 +134,15 @@ def test_flops_are_the_formula(ghost):
     m = ElsaAttention(dim, heads, k, ghost, group_width=8).eval()
     x = torch.zeros(1, h, w, dim)
     convs = n * (dim * (2 * dqk + dim) + dqk * 8 * k * k + dqk * heads * k * k)  # qkv, grouped k x k, logits
-    for model in (m, operators.reparameterize_model(m)):  # no fold: the deploy form is the training form
+    fold = n * dim * k * k if ghost != "none" else 0  # the folded G_add: a depthwise k x k conv
+    for model, conv_flops in [(m, convs), (operators.reparameterize_model(m), convs + fold)]:
         with torch.no_grad():
             counts = flop_analysis(model, (x,)).by_operator()
-        assert counts["conv"] == convs and counts["linear"] == n * dim * dim  # post_proj
+        assert counts["conv"] == conv_flops and counts["linear"] == n * dim * dim  # post_proj
         # the filters on the unfolded values; fvcore's einsum count keeps 4 significant digits (numpy's print)
         assert counts["einsum"] == pytest.approx(n * dim * k * k, rel=1e-3)
     for deploy in (True, False):
         assert not unsupported_ops(m, tuple(x.shape), deploy=deploy)
-
-
-def _block_flops(cin: int, cout: int, stride: int, h: int, w: int, heads: int, k: int, gw: int,
-                 mlp_ratio: float = 4.0) -> int:
-    """Multiply-adds of an ELSA block by the fvcore convention (a LayerNorm with affine: 5 per element)."""
-    n, c, dqk = math.ceil(h / stride) * math.ceil(w / stride), cout, elsa_qk_dim(cout, gw)
-    gathered = cin * stride * stride
-    down = n * (5 * gathered + gathered * c) if stride > 1 or cin != cout else 0  # patch merging
-    mixer = n * (c * (2 * dqk + c)  # qkv 1x1
-                 + dqk * gw * k * k + dqk * heads * k * k  # grouped k x k, logits 1x1
-                 + c * k * k  # the fused filters on the unfolded values (the einsum)
-                 + c * c)  # post_proj
-    return down + n * 2 * 5 * c + mixer + 2 * n * c * round(c * mlp_ratio)
-
-
-@pytest.mark.parametrize("stride,cin,ghost,sizes", [(1, 32, "add", [(4, 4), (8, 10)]),
-                                                   (2, 16, "both", [(8, 8), (15, 20)])])
-def test_deploy_form_is_no_dearer_and_equal(stride, cin, ghost, sizes):
-    """Issue 21: the deploy form counted C k^2 H W more (G_add split into a depthwise conv); it is now the
-    training form, so its count is the training form's, which is the formula, and its outputs are equal."""
-    c, heads, k, gw = 32, 2, 5, 8
-    torch.manual_seed(0)
-    op = operators.create_op("elsa", cin, c, stride, heads=heads, kernel=k, ghost=ghost, group_width=gw).eval()
-    with torch.no_grad():
-        for p in op.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    deploy = operators.reparameterize_model(op)
-    assert sum(p.numel() for p in deploy.parameters()) == sum(p.numel() for p in op.parameters())
-    for h, w in sizes:
-        # 2 C k^2 H' W' has at most 4 significant digits at these sizes (H' W' = 16 or 80), so fvcore's einsum
-        # count (numpy's einsum_path, printed to 4 digits) is exact and the totals can be compared exactly
-        shape = (1, cin, h, w)
-        train, deployed = count_flops(op, shape, deploy=False), count_flops(op, shape)
-        assert deployed <= train
-        assert deployed == train == _block_flops(cin, c, stride, h, w, heads, k, gw)
-        x = torch.randn(2, cin, h, w)
-        with torch.no_grad():
-            torch.testing.assert_close(deploy(x), op(x), rtol=1e-4, atol=1e-5)
 
 
 def test_elsa_swin_t_block_parameters():
