@@ -141,11 +141,12 @@ def needed_definitions(roots: set[str], plugins: tuple[Path, ...] = ()) -> tuple
 def build_function(arch: Arch) -> tuple[str, set[str]]:
     """The exported ``build()``: the Arch spelled out as calls, and the names it uses."""
     stem = operators.get_stem(stem_kind(arch)).factory
-    uses = {stem.__name__, "stage_layers", "OpmixNet", "Head", "reparameterize_model"}
+    uses = {stem.__name__, "stage_layers", "Stage", "OpmixNet", "Head", "reparameterize_model"}
     lines = [
         f"def build(num_classes: int = {arch.num_classes}, in_chans: int = {arch.in_chans}) -> OpmixNet:",
         '    """The network (randomly initialized, training form); ``reparameterize_model`` gives its deploy form."""',
         "    # In nas.network.build's order (stages, head, stem), so that one seed gives both the same weights.",
+        "    # stage_layers(block, in_chs, width, depth, stride, alternate, downsample, /, **the operator's keywords)",
         "    stages = [",
     ]
     cin = arch.stem.width
@@ -153,15 +154,15 @@ def build_function(arch: Arch) -> tuple[str, set[str]]:
         spec = get_spec(s.op)
         factory = spec.factory.__name__
         uses.add(factory)
-        args = [factory, str(cin), str(s.width), f"depth={s.depth}", f"stride={s.stride}"]
-        if spec.alternate:
-            args.append(f"alternate=({', '.join(_literal(a) for a in spec.alternate)},)")
-        if downsampler(s.downsample) is not None:
-            down = downsampler(s.downsample).__name__
-            uses.add(down)
-            args.append(f"downsample={down}")
+        args = [factory, str(cin), str(s.width), str(s.depth), str(s.stride)]
+        down = downsampler(s.downsample)
+        if spec.alternate or down is not None:
+            args.append(f"({', '.join(_literal(a) for a in spec.alternate)}{',' if spec.alternate else ''})")
+        if down is not None:
+            uses.add(down.__name__)
+            args.append(down.__name__)
         args += [f"{k}={_literal(v)}" for k, v in s.kwargs.items()]
-        lines.append(f"        nn.Sequential(*stage_layers({', '.join(args)})),")
+        lines.append(f"        Stage(*stage_layers({', '.join(args)})),")
         cin = s.width
     hidden = f", hidden={arch.head.hidden}" if arch.head.hidden else ""
     lines += [

@@ -193,7 +193,7 @@ def _layer_calls(arch: Arch) -> list[tuple[str, Callable[..., nn.Module], tuple,
         down = downsampler(stage.downsample)
         calls += [(f"stages.{i}", *call) for call in
                   stage_layers(_recorder(spec.factory), cin, stage.width, stage.depth, stage.stride,
-                               alternate=spec.alternate, downsample=down and _recorder(down), **stage.kwargs)]
+                               spec.alternate, down and _recorder(down), **stage.kwargs)]
         cin = stage.width
     calls.append(("head", Head, (arch.head.type, cin, arch.num_classes, arch.head.hidden), {}))
     return calls

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 import operators
-from operators._layers import LayerNorm2d, init_weights
+from operators._layers import Chain, LayerNorm2d, init_weights, takes_chain
 
 from .arch import Arch, ArchError, StageArch
 from .errors import OpmixError
 
-__all__ = ["build", "build_uninitialized", "build_error", "OpmixNet", "scale_width", "stage_blocks", "stage_layers", "make_stem",
+__all__ = ["build", "build_uninitialized", "build_error", "OpmixNet", "Stage", "scale_width", "stage_blocks", "stage_layers", "make_stem",
            "stem_kind", "downsampler", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # inputs of at most this many pixels a side get the small-image stem
@@ -60,10 +60,12 @@ def downsampler(name: str) -> Callable[[int, int, int], nn.Module] | None:
 
 def stage_layers(block: Callable[..., nn.Module], in_chs: int, width: int, depth: int, stride: int = 1,
                  alternate: tuple[str, ...] = (), downsample: Callable[[int, int, int], nn.Module] | None = None,
-                 **kwargs) -> list[nn.Module]:
+                 /, **kwargs) -> list[nn.Module]:
     """A stage: ``downsample(in_chs, width, stride)`` first when given and needed, then ``depth`` blocks
     ``block(in_chs, width, stride, **kwargs)``, the first taking the stride and width change; each keyword in
-    ``alternate`` (Swin's shift) is False in even blocks and True in odd ones unless ``kwargs`` sets it."""
+    ``alternate`` (Swin's shift) is False in even blocks and True in odd ones unless ``kwargs`` sets it. The
+    builder's own arguments are positional-only, so that every name is free for an operator's keywords
+    (``block``, ``depth``, ``downsample``, ...)."""
     layers: list[nn.Module] = []
     if downsample is not None and (stride > 1 or in_chs != width):
         layers.append(downsample(in_chs, width, stride))
@@ -101,15 +103,35 @@ class Head(nn.Module):
         return self.fc(x)
 
 
+class Stage(nn.Sequential):
+    """A stage's layers, run in order. A layer that takes a ``Chain`` (``operators._layers.Chain``: evolving
+    attention's logits) gets the one its network passes through every stage; any other layer ends the chain.
+    Called without one (a stage on its own), its first chained layer starts a chain. Module names are those of
+    ``nn.Sequential``, so state_dicts read ``stages.<i>.<j>`` as before."""
+
+    def forward(self, x: torch.Tensor, chain: Chain | None = None) -> torch.Tensor:
+        chain = Chain() if chain is None else chain
+        for layer in self:
+            if takes_chain(layer):
+                x = layer(x, chain)
+            else:
+                x = layer(x)
+                chain.value = None
+        return x
+
+
 class OpmixNet(nn.Module):
     def __init__(self, stem: nn.Module, stages: list[nn.Sequential], head: nn.Module):
         super().__init__()
         self.stem = stem
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.Sequential(*(s if isinstance(s, Stage) else Stage(*s) for s in stages))
         self.head = head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
+        x, chain = self.stem(x), Chain()  # one chain through all stages: it crosses a stage boundary
+        for stage in self.stages:
+            x = stage(x, chain)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
@@ -151,7 +173,7 @@ def stage_blocks(stage: StageArch, in_chs: int, width: int, depth: int | None = 
     """The layers of ``stage`` (with ``depth``, only the first ``depth`` blocks)."""
     spec = operators.get_spec(stage.op)
     return stage_layers(spec.factory, in_chs, width, stage.depth if depth is None else depth, stage.stride,
-                        alternate=spec.alternate, downsample=downsampler(stage.downsample), **stage.kwargs)
+                        spec.alternate, downsampler(stage.downsample), **stage.kwargs)
 
 
 def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, num_classes: int | None = None,
@@ -166,7 +188,7 @@ def build(arch: Arch, *, width_mult: float = 1.0, in_chans: int | None = None, n
     for i, stage in enumerate(arch.stages):
         width = scale_width(stage.width, width_mult, stage.op, stage.kwargs)
         try:
-            stages.append(nn.Sequential(*stage_blocks(stage, cin, width)))
+            stages.append(Stage(*stage_blocks(stage, cin, width)))
         except (ValueError, TypeError) as exc:  # an operator refusing its arguments: the arch's fault
             if isinstance(exc, OpmixError):
                 raise

@@ -242,6 +242,32 @@ class NormActMixer(nn.Module):
         self.bn = None
 
 
+class Chain:
+    """State that a block hands on to the next block of the network: evolving attention's logits, for one.
+
+    A block that reads and writes one declares ``takes_chain = True`` and the signature
+    ``forward(x, chain=None)``; it returns its output tensor as any block does, reads ``chain.value`` (the
+    previous chained block's state, None where a chain starts) and leaves its own in ``chain.value``. Whether
+    what it reads continues its chain is the block's decision (evolving attention continues where the shapes
+    match and starts anew where they do not). The network (``nas.network.Stage``) passes one Chain through
+    all its stages, so a chain crosses a stage boundary; any block that does not take it ends the chain. A
+    block called on its own (``block(x)``) gets no Chain: it starts a chain of one.
+
+    A plain object rather than a tensor argument and a tuple result, so that a chained block is called, traced,
+    counted, timed and exported as every other block is, and a chain costs nothing where no block takes it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+
+def takes_chain(module: nn.Module) -> bool:
+    """Whether ``module`` reads and writes a ``Chain`` (see there)."""
+    return bool(getattr(module, "takes_chain", False))
+
+
 def pool_ceil(stride: int) -> nn.Module:
     """2x2 average pooling whose output is ceil(H / 2) at any size (a partial last window averages what it
     covers); identity at stride 1."""

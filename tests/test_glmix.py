@@ -126,7 +126,7 @@ def test_flops_formula(side):
 
 def test_stage_alternates_glmix_and_mhsa_only_when_asked():
     def kinds(**kw):
-        layers = stage_layers(glmix, 16, 16, 4, alternate=operators.get_spec("glmix").alternate, heads=2, **kw)
+        layers = stage_layers(glmix, 16, 16, 4, 1, operators.get_spec("glmix").alternate, heads=2, **kw)
         return [type(layer.mixer).__name__ for layer in layers]
     assert kinds() == ["GLMixMixer"] * 4
     assert kinds(mixer="glmix_mhsa") == ["GLMixMixer", "GLMixMHSA"] * 2  # GLNet: i % 2 == 0 is GLMix
