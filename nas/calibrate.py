@@ -54,7 +54,8 @@ from .errors import OpmixError
 if TYPE_CHECKING:
     from .latency import Target
 
-__all__ = ["Setup", "load_settings", "calibrate", "analyze", "print_report", "failed_jobs", "sample_archs",
+__all__ = ["Setup", "load_settings", "reference_settings", "full_width_reference", "REFERENCES", "calibrate",
+           "analyze", "print_report", "failed_jobs", "sample_archs",
            "latency_target", "check_latency_target", "measure_latencies", "main"]
 
 PROG = "python -m nas.calibrate"
@@ -64,6 +65,14 @@ REFERENCE = "reference"
 LATENCY = "latency"  # the rung of each architecture's latency on the calibration's target (archs.jsonl)
 SIZE_RUNGS = ("flops", "params", LATENCY)  # known before any training, from the architecture alone
 DEFAULT_REFERENCE = {"max_train": None, "epochs": 3 * ProxySettings().epochs}  # the whole split, 3x the epochs
+# The full-width rung (issue 22): the network a user would train (width 1.0) at the dataset's resolution, its stem
+# adapted as the proxy's (nas.network's small-image stem at <= 64 px, windows scaled to its maps), on the whole
+# training split, for as many epochs as fit the time one has: a settings file names it with them,
+# ``reference: {preset: full_width, epochs: 6}``, and benchmarks/gpu_session.py measures how many fit a GPU's
+# time. Batch 256 rather than 64: a quarter of the steps, each fuller, for a GPU; AdamW at 2e-3 rather than the
+# proxy's 3e-3, for networks 4x wider (16x the multiply-adds).
+FULL_WIDTH_REFERENCE = {"width_mult": 1.0, "max_train": None, "image_size": None, "batch_size": 256, "lr": 2e-3}
+REFERENCES = {"default": DEFAULT_REFERENCE, "full_width": FULL_WIDTH_REFERENCE}  # the named references
 
 
 # ------------------------------------------------------------------------------------------------ the setup
@@ -99,7 +108,7 @@ class Setup:
 def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], ProxySettings]:
     """The named proxy settings and the reference of a ``--settings`` YAML file (the defaults without one)."""
     if path is None:
-        return {"default": ProxySettings()}, ProxySettings.from_mapping(DEFAULT_REFERENCE, "reference")
+        return {"default": ProxySettings()}, reference_settings(DEFAULT_REFERENCE)
     from .arch import read_yaml
 
     data = read_yaml(Path(path), "a settings YAML file (--settings)", OpmixError)
@@ -114,8 +123,32 @@ def load_settings(path: str | Path | None) -> tuple[dict[str, ProxySettings], Pr
     if bad:
         raise OpmixError(f"{where}: setting name(s) {bad} are reserved or not strings; rename them")
     settings = {n: ProxySettings.from_mapping(v, f"{where}: settings.{n}") for n, v in named.items()}
-    reference = ProxySettings.from_mapping(data.get("reference", DEFAULT_REFERENCE), f"{where}: reference")
-    return settings, reference
+    return settings, reference_settings(data.get("reference", DEFAULT_REFERENCE), where)
+
+
+def reference_settings(spec: Any, where: str = "settings") -> ProxySettings:
+    """A settings file's ``reference``: a mapping of knobs, or one of ``REFERENCES`` by name,
+    ``{preset: full_width, epochs: 6}``, its knobs overridden by the others given (the name alone where the
+    preset sets its epochs)."""
+    if isinstance(spec, str):
+        spec = {"preset": spec}
+    if isinstance(spec, dict) and "preset" in spec:
+        knobs = dict(spec)
+        name = knobs.pop("preset")
+        if name not in REFERENCES:
+            raise OpmixError(f"{where}: reference preset {name!r} is not known; use one of {', '.join(REFERENCES)}, "
+                             f"or a mapping of knobs")
+        spec = {**REFERENCES[name], **knobs}
+        if "epochs" not in spec:
+            raise OpmixError(f"{where}: reference preset {name} needs its epochs, e.g. {{preset: {name}, epochs: 6}}: "
+                             f"as many as fit your time")
+    return ProxySettings.from_mapping(spec, f"{where}: reference")
+
+
+def full_width_reference(epochs: int, width_mult: float = 1.0) -> ProxySettings:
+    """The full-width rung (``FULL_WIDTH_REFERENCE``) at ``epochs``; ``width_mult`` 0.5 where 1.0 does not fit
+    the time (say so wherever its figures go)."""
+    return reference_settings({"preset": "full_width", "epochs": epochs, "width_mult": width_mult}, "full_width")
 
 
 class CalibrationDir:

@@ -399,3 +399,60 @@ def test_the_confirmed_pick_replays_the_search_top_3_then_the_second_setting():
     print_report(report, out=lines.append)
     assert any("re-ranked by 'q' pick arch 5" in line and "rank 1 of 6" in line and "arch 4, so a tie" in line
                for line in lines), lines
+
+
+# ------------------------------------------------------------------------------ the full-width rung (issue 22)
+TINY_ARCH = {"input": {"channels": 3, "size": 224, "classes": 1000}, "stem": {"type": "patch4", "width": 16},
+             "stages": [{"op": "resnet_basic", "width": 16, "depth": 1, "stride": 1},
+                        {"op": "mbconv", "width": 32, "depth": 1, "stride": 2}],
+             "head": {"type": "pool_linear"}}
+
+
+def test_the_full_width_reference_is_a_named_setting(tmp_path):
+    from nas.calibrate import full_width_reference, load_settings
+
+    (tmp_path / "s.yaml").write_text("settings: {default: {}}\nreference: {preset: full_width, epochs: 5}\n")
+    _, reference = load_settings(tmp_path / "s.yaml")
+    assert reference == full_width_reference(5)
+    assert (reference.width_mult, reference.max_train, reference.image_size, reference.epochs) == (1.0, None, None, 5)
+    assert full_width_reference(3, width_mult=0.5).width_mult == 0.5  # the fallback where 1.0 does not fit
+    _, default = load_settings(None)
+    assert (default.width_mult, default.max_train, default.epochs) == (0.25, None, 12)  # unchanged
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("reference: full_width", "needs its epochs"),
+    ("reference: {preset: full, epochs: 3}", "preset 'full' is not known"),
+    ("reference: {preset: full_width, epochs: 3, width: 1}", "unknown knob(s) width"),
+])
+def test_a_bad_reference_preset_is_one_line(tmp_path, text, needle):
+    from nas.calibrate import load_settings
+
+    (tmp_path / "s.yaml").write_text("settings: {default: {}}\n" + text + "\n")
+    with pytest.raises(OpmixError) as err:
+        load_settings(tmp_path / "s.yaml")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_full_width_job_trains_the_whole_width_at_the_datas_resolution():
+    """The calibration's own job (``_run_job``) at a tiny full-width setting: the network has the architecture's
+    widths (not the proxy's quarter), the small-image stem at 32 px, and trains on every training image."""
+    import torch
+
+    from nas.arch import Arch
+    from nas.calibrate import _run_job, full_width_reference
+    from nas.network import build, stem_kind
+    from nas.proxy import build_proxy
+    from tests.train_helpers import square_task
+
+    data = square_task(n_train=96, n_val=32, size=32)
+    settings = full_width_reference(1)
+    arch = Arch.from_dict(TINY_ARCH)
+    model = build_proxy(arch, data, settings, seed=0)
+    quarter = build(arch, width_mult=0.25, in_chans=1, num_classes=10, input_size=32)
+    def head_width(net):  # the last stage's width, as the classifier reads it
+        return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].in_features
+    assert (head_width(model), head_width(quarter)) == (32, 8)
+    assert stem_kind(arch, 32).startswith("small")
+    result = _run_job(TINY_ARCH, REFERENCE, dataclasses.asdict(settings), 0, data, threads=1)
+    assert 0.0 <= result["accuracy"] <= 1.0 and len(result["accuracies"]) == 1
