@@ -10,6 +10,7 @@ last BNs, layer scales, rates and relative-position tables to what the docstring
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import operators
 from nas.arch import HEAD_TYPES
 from nas.network import Head
 from operators._attention import RelPosBias, RelPosLogits
+from operators.dynamic_conv import DynamicConv2d
 
 CASES = [(name, kw) for name in operators.list_ops() for kw in operators.get_spec(name).variants]
 IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
@@ -63,6 +65,8 @@ DECLARED: dict[str, tuple[set[str], bool | str]] = {
     # mit-han-lab/efficientvit init_modules + zero_last_gamma: every residual branch (LiteMLA, MBConv) ends at 0
     "linear_attention": ({"trunc_normal"}, "identity"),
     "quadratic_attention": ({"trunc_normal"}, False),  # epfml/attention-cnn: BERT N(0, 0.02^2) on Linear
+    # no official code: He fan-out per kernel (test_dynamic_conv_kernels_...), every BN at 1 as ODConv's DY-ResNet
+    "dynamic_conv": ({"fan_out"}, False),
 }
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
                  "small1": "fan_out", "small2": "fan_out", "small4": "fan_out", "small8": "fan_out",
@@ -246,6 +250,21 @@ def test_acmix_keeps_its_official_parts(layout):
     assert mixer.rate1.item() == mixer.rate2.item() == 0.5
     other = {getattr(m, "init_scheme") for m in op.modules() if isinstance(m, LAYERS)} - {"shift", "torch_default"}
     assert other == ({"fan_out"} if layout == "bottleneck" else {"trunc_normal"})
+
+
+@pytest.mark.parametrize("kw", operators.get_spec("dynamic_conv").variants, ids=str)
+def test_dynamic_conv_kernels_follow_the_scheme_one_kernel_at_a_time(kw):
+    """A dynamic conv holds its K kernels in one (K, C_out, C_in / groups, k, k) tensor, not in Conv2d layers:
+    each kernel is checked as the conv it stands for, with that conv's fans (not the 5-d tensor's)."""
+    torch.manual_seed(0)
+    op = operators.create_op("dynamic_conv", 32, 64, 2, **kw)
+    convs = [m for m in op.modules() if isinstance(m, DynamicConv2d)]
+    assert convs and not any(isinstance(m, nn.Conv2d) for m in op.modules())
+    for scheme in {m.init_scheme for m in convs}:
+        assert scheme in DECLARED["dynamic_conv"][0], scheme
+        kernels = [SimpleNamespace(weight=w, bias=None, groups=m.groups)
+                   for m in convs if m.init_scheme == scheme for w in m.weight]
+        check_weights(kernels, scheme)
 
 
 @pytest.mark.parametrize("kind", operators.list_stems())
