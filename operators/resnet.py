@@ -63,14 +63,15 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce -> mixer (carries the stride) -> 1x1 expand, BN after each, plus the shortcut.
 
-    Parts of the mixer that initialize themselves keep their scheme; every other conv gets "fan_out", and
+    Parts of the mixer that initialize themselves keep their scheme; every other conv gets ``init`` ("fan_out",
+    timm's; the TensorFlow ResNet that evolving attention builds on draws "lecun_normal"), and
     ``zero_init_last`` zeroes the expand BN's weight (timm's default; ACmix's official code leaves it off).
     ``attn`` builds an attention add-on for the out_chs channels after the expand BN (SE-ResNet, CBAM, GCNet).
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, mixer: MixerFactory | None = None,
                  expansion: int = 4, mid_chs: int | None = None, zero_init_last: bool = True,
-                 attn: AttnFactory | None = None):
+                 attn: AttnFactory | None = None, init: str = "fan_out"):
         super().__init__()
         mid = mid_chs or max(1, out_chs // expansion)
         mixer = mixer or (lambda c, s: ConvNormAct(c, c, 3, s))
@@ -80,7 +81,7 @@ class Bottleneck(nn.Module):
         self.shortcut = projection(in_chs, out_chs, stride)
         self.attn = attn(out_chs) if attn is not None else None
         self.act = nn.ReLU()
-        init_weights(self, "fan_out")
+        init_weights(self, init)
         if zero_init_last:
             nn.init.zeros_(self.expand.bn.weight)
 

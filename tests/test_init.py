@@ -67,7 +67,12 @@ DECLARED: dict[str, tuple[set[str], bool | str]] = {
     "quadratic_attention": ({"trunc_normal"}, False),  # epfml/attention-cnn: BERT N(0, 0.02^2) on Linear
     # no official code: He fan-out per kernel (test_dynamic_conv_kernels_...), every BN at 1 as ODConv's DY-ResNet
     "dynamic_conv": ({"fan_out"}, False),
+    # pkuyym/EvolvingAttention (TF): variance_scaling_initializer() on every conv, no zero-initialized BN
+    "evolving_attention": ({"lecun_normal"}, False),
 }
+# RelPosLogits embeddings: N(0, 1 / head_dim) (BoTNet, AA), except where the official code draws otherwise:
+# EvolvingAttention's tf.random_normal_initializer(d ** -0.5) passes d ** -0.5 as the mean, std 1.
+REL_LOGITS_LAW = {"evolving_attention": lambda d: (d ** -0.5, 1.0)}
 STEM_DECLARED = {"conv7_pool": "fan_out", "patch4": "trunc_normal", "conv3x2": "fan_out", "repvgg": "torch_default",
                  "small1": "fan_out", "small2": "fan_out", "small4": "fan_out", "small8": "fan_out",
                  "levit": "torch_default", "nat": "torch_default",
@@ -220,17 +225,21 @@ def test_norms_start_at_one_and_last_bn_at_zero_where_declared(name, kw):
 
 @pytest.mark.parametrize("name,kw", CASES, ids=IDS)
 def test_relative_position_tables(name, kw):
-    """Swin / CoAtNet bias tables: trunc normal 0.02; BoTNet / AA embeddings: N(0, 1 / head_dim)."""
+    """Swin / CoAtNet bias tables: trunc normal 0.02; BoTNet / AA embeddings: N(0, 1 / head_dim); evolving
+    attention's N(head_dim^-1/2, 1) (REL_LOGITS_LAW)."""
     torch.manual_seed(0)
     op = operators.create_op(name, 64, 64, 1, **kw)
     for m in op.modules():
         if isinstance(m, RelPosBias):
             tables, std = [m.table], TRUNC_STD * truncated_std(TRUNC_BOUND / TRUNC_STD)
+            mean = 0.0
         elif isinstance(m, RelPosLogits):
-            tables, std = [m.rel_h, m.rel_w], m.rel_h.shape[1] ** -0.5
+            d = m.rel_h.shape[1]
+            tables, (mean, std) = [m.rel_h, m.rel_w], REL_LOGITS_LAW.get(name, lambda d: (0.0, d ** -0.5))(d)
         else:
             continue
-        z = torch.cat([t.detach().flatten() for t in tables]).double() / std
+        z = (torch.cat([t.detach().flatten() for t in tables]).double() - mean) / std
+        assert abs(z.mean().item()) < 5 / math.sqrt(z.numel()), (type(m).__name__, z.mean().item())
         assert abs(z.std().item() - 1) < 5 * math.sqrt(2 / (4 * z.numel())), (type(m).__name__, z.std().item())
 
 
