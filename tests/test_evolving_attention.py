@@ -241,3 +241,25 @@ def test_the_onnx_program_carries_the_chain(tmp_path):
     got = _onnx_run(tmp_path / "model.onnx", x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, broken, atol=1e-3)
+
+
+def test_the_docs_plug_in_example_chains(monkeypatch):
+    """docs/operators.md's chained plug-in, run as written (its registration caught, so the catalog stays as
+    it is for the other tests): its second block mixes in the first block's output."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "operators.md").read_text()
+    code = re.search(r"A plug-in operator that smooths.*?```python\n(.*?)```", text, re.S).group(1)
+    registered = {}
+    monkeypatch.setattr(operators, "register_op", lambda name, factory, **kw: registered.setdefault(name, factory))
+    namespace: dict = {}
+    exec(compile(code, "operators.md", "exec"), namespace)
+    smoothed = registered["smoothed"]
+    torch.manual_seed(0)
+    first, second = smoothed(3, 4), smoothed(4, 4)
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        got = Stage(first, second)(x)
+        y1 = first.conv(x)
+        torch.testing.assert_close(got, 0.5 * second.conv(y1) + 0.5 * y1)
