@@ -282,6 +282,10 @@ def tpe_variants(args) -> None:
 STRATEGY_SAMPLERS = ("random", "tpe", "nsga2", "evolution")
 STRATEGY_FIDELITY = {"name": "quarter-data", "epochs": 4, "max_train": 512}  # the rest: SearchConfig's defaults
 HYPERBAND_BRACKETS = 3
+# The space the comparison runs on: the default space as it stood when the comparison began (issue 20), frozen,
+# so that a run resumed in a later session, after the default space gained operators, is paired with the
+# earlier ones. Rows name the space's digest; rows without one predate it and ran on this same file.
+STRATEGY_SPACE = Path(__file__).resolve().parent / "results" / "strategies-space.yaml"
 CIFAR_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-jpeg.tar.gz"
 
 
@@ -323,8 +327,15 @@ class _Hyperband:
         _searcher.CandidateASHA = self.original
 
 
+def _space_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def _strategy_run(sampler: str, trials: int, seed: int, schedule: str, *, data, dataset: str, budget: int,
-                  fidelity: dict, time_budget_s: float | None = None, log=lambda m: None) -> dict:
+                  fidelity: dict, space: Path = STRATEGY_SPACE, time_budget_s: float | None = None,
+                  log=lambda m: None) -> dict:
     """One search into a temporary run folder; its row of the results file."""
     import contextlib
 
@@ -333,7 +344,8 @@ def _strategy_run(sampler: str, trials: int, seed: int, schedule: str, *, data, 
     from nas.rundir import RunDir
 
     config = _loop.SearchConfig(budget=budget, dataset=dataset, trials=trials, sampler=sampler, seed=seed,
-                                epochs=fidelity["epochs"], max_train=fidelity["max_train"], confirm=1)
+                                epochs=fidelity["epochs"], max_train=fidelity["max_train"], confirm=1,
+                                space=str(space))
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "run")
         run.write_config({})
@@ -345,7 +357,7 @@ def _strategy_run(sampler: str, trials: int, seed: int, schedule: str, *, data, 
     a = analyze(records, budget)
     pick = a["pick"]
     return {"sampler": sampler, "trials": trials, "seed": seed, "schedule": schedule,
-            "fidelity": fidelity, "dataset": data.source, "budget": budget,
+            "fidelity": fidelity, "dataset": data.source, "budget": budget, "space": _space_digest(space),
             "hypervolume": a["hypervolume"],
             "best_proxy": a["proxy_best"]["accuracy"] if a["proxy_best"] else None,
             "pick": pick["record"]["trial_id"] if pick else None,
@@ -369,6 +381,11 @@ def strategies(args) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line] if results.exists() else []
     if any(r["fidelity"] != fidelity for r in rows):
         raise SystemExit(f"{results} holds runs at another fidelity than {fidelity}; pass another --results")
+    space = Path(args.space)
+    digest = _space_digest(space)
+    if any(r.get("space", digest) != digest for r in rows):
+        raise SystemExit(f"{results} holds runs on another space than {space} ({digest}); pass that space with "
+                         f"--space or another --results")
     done = {(r["sampler"], r["trials"], r["seed"], r["schedule"]) for r in rows}
     print(f"{results}: {len(rows)} run(s) done before, kept; fidelity {fidelity}", flush=True)
     samplers, budgets = args.samplers.split(","), [int(t) for t in args.trials.split(",")]
@@ -384,7 +401,7 @@ def strategies(args) -> None:
                                  == (sampler, trials, seed, "asha")), None)
                     row = _strategy_run(sampler, 3 * trials if schedule == "hyperband" else trials, seed, schedule,
                                         data=data, dataset=dataset, budget=budget, fidelity=fidelity,
-                                        log=print if args.verbose else (lambda m: None), time_budget_s=asha["wall_s"] if schedule == "hyperband" else None)
+                                        space=space, log=print if args.verbose else (lambda m: None), time_budget_s=asha["wall_s"] if schedule == "hyperband" else None)
                     row["trials"] = trials  # the comparison's budget (the hyperband run may train more in its time)
                     rows.append(row)
                     with results.open("a") as f:
@@ -475,6 +492,8 @@ def main() -> None:
     p.add_argument("--trials", default="20,60", help="trained-candidate counts, comma-separated")
     p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1, paired across samplers")
     p.add_argument("--budget", default="4.5GFLOPs")
+    p.add_argument("--space", default=str(STRATEGY_SPACE),
+                   help="the space file (default: the default space frozen when the comparison began)")
     p.add_argument("--dataset", default=None, help="a dataset for nas.data.load_dataset (default: the CIFAR-10 "
                    "JPEGs as imagefolder:CIFAR_DIR/train); e.g. fashion-mnist for a smoke test")
     p.add_argument("--data-dir", default=None)
