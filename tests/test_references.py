@@ -43,6 +43,13 @@ PUBLISHED = {
     # 512 -> 2304 + BN on the 7x7 map and Linear 2304 -> 2560 + LN instead of Linear 512 -> 2560, 5.77 M params
     # and 62 M multiply-adds (docs/spaces.md, note 6); the backbone is the official one to the parameter
     "efficientvit_b3": (49e6 - 5.77e6, 4.0e9 - 0.062e9, 0.03),
+    # DY-MobileNetV2 x1.0 less what its last layer, a 1x1 conv 320 -> 1280 + BN on the 7x7 map, has over
+    # pool_linear's 1280-wide pre-logits layer: 19.66 M multiply-adds (the params differ by 1,280; note 7)
+    "dy_mobilenetv2_100": (11.1e6, 312.9e6 - 19.66e6, 0.02),
+    # DY-ResNet-18's published 42.7 M cannot hold with every conv but the stem dynamic (4 x ResNet-18's non-stem
+    # conv weights are 44.6 M alone): its params are checked against our count, 45.47 M, which ODConv's count of
+    # DyConv's ResNet-18 agrees with (about 45.5 M); its FLOPs against the paper's 1.85 G (note 7)
+    "dy_resnet18": (45.47e6, 1.85e9, 0.01),
 }
 
 
