@@ -7,7 +7,8 @@ W~ = sum_k pi_k W_k, its bias b~ = sum_k pi_k b_k, then BN and the activation. I
 run as one conv with B x groups groups. tau starts at 30 and falls linearly to 1 over the first 10 epochs (of
 DY-ResNet's 100): the trainer calls ``on_train_epoch(epoch, epochs)`` before each epoch, and tau falls over the
 first ``anneal`` fraction of whatever the training's epochs are (0.1 by default; a 3-epoch proxy trains its first
-epoch at 30, then at 1). Every conv but the network's first is dynamic in the paper's networks.
+epoch at 30, then at 1). The paper makes every conv but the network's first dynamic (its DY-MobileNetV2's
+published 11.1 M counts the last 1x1 conv static: docs/spaces.md, note 7).
 
 Units (``unit``): "basic" and "bottleneck" are the catalog's ResNet units (``resnet.py``) with every conv + BN
 swapped for its dynamic twin, the projection shortcut's included; "inverted" is MobileNetV2's inverted residual
@@ -59,7 +60,7 @@ def per_sample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     out, k = weight.shape[1], weight.shape[-1]
     y = F.conv2d(x.reshape(1, b * c, h, w), weight.reshape(b * out, c // groups, k, k),
                  None if bias is None else bias.reshape(b * out), stride, k // 2, groups=b * groups)
-    return y.view(b, out, y.shape[-2], y.shape[-1])
+    return y.reshape(b, out, y.shape[-2], y.shape[-1])  # reshape: a channels-last output (CUDA) is no view
 
 
 def per_sample_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
