@@ -398,6 +398,27 @@ def op_frequencies(space: Space, samples: int, seed: int = 0) -> list[dict[str, 
     return counts
 
 
+def sample_flops(space: Space, samples: int, seed: int = 0) -> list[int]:
+    """Deploy-form FLOPs (``nas.flops.count_arch``) of the ``samples`` random Archs that ``op_frequencies``
+    draws with the same seed, in drawing order: the space's cost distribution as a sampler starts from it."""
+    from .flops import count_arch
+
+    rng = random.Random(seed)
+    return [count_arch(space.random(rng))[0] for _ in range(samples)]
+
+
+def quantiles(values: list[int], qs: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> list[float]:
+    """The ``qs`` quantiles of ``values``, linearly interpolated between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    out = []
+    for q in qs:
+        pos = q * (len(ordered) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        out.append(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ command line
 def summarize(space: Space) -> dict[str, Any]:
     """Size, the FLOPs of the smallest and largest architectures, and the references the space contains.
@@ -448,12 +469,17 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--samples", type=int, default=0, metavar="N",
                         help="also draw N random architectures (seed 0) and print how often each stage uses each "
-                             "of its operators")
+                             "of its operators, and their FLOPs' quantiles")
+    parser.add_argument("--budget", default=None, help="with --samples, also print the share of the samples "
+                        "within this FLOP budget (e.g. 4.5GFLOPs)")
     plugins.add_import_flag(parser)
     args = parser.parse_args(argv)
     plugins.import_modules(args.imports)
     if args.samples < 0:
         parser.error(f"--samples {args.samples}: give a number of architectures >= 0")
+    from .flops import parse_budget
+
+    budget = parse_budget(args.budget) if args.budget is not None else None
     space = load_space(args.space)
     if args.json:
         import json
@@ -481,6 +507,13 @@ def _main(argv: list[str] | None) -> int:
             never = [name for name, n in counts.items() if not n]
             print(f"  s{i}: " + ", ".join(f"{name} {n}" for name, n in counts.items())
                   + (f"; never sampled: {', '.join(never)}" if never else ""))
+        flops = sample_flops(space, args.samples)
+        q = quantiles(flops)
+        line = (f"FLOPs of those architectures: 5 % {format_flops(q[0])}, 25 % {format_flops(q[1])}, median "
+                f"{format_flops(q[2])}, 75 % {format_flops(q[3])}, 95 % {format_flops(q[4])}")
+        if budget is not None:
+            line += (f"; within {format_flops(budget)}: {sum(f <= budget for f in flops) / len(flops):.0%}")
+        print(line)
     return 0
 
 

@@ -208,3 +208,28 @@ def test_every_operator_of_the_default_space_is_sampled_in_every_stage_that_offe
         assert sum(counts[i].values()) == 300
         assert set(counts[i]) == {o.name for o in stage.ops}
         assert min(counts[i].values()) > 0, (i, counts[i])
+
+
+def test_samples_report_the_flops_quantiles_of_the_drawn_architectures(tmp_path, capsys):
+    from search_helpers import write_space
+
+    from nas.flops import count_flops, format_flops
+    from nas.network import build_uninitialized
+    from nas.space import _main, quantiles, sample_flops
+
+    assert quantiles([5, 1, 4, 2, 3], (0.0, 0.25, 0.5, 1.0)) == [1, 2, 3, 5]
+    assert quantiles([0, 10], (0.05, 0.95)) == pytest.approx([0.5, 9.5])  # between order statistics
+    path = write_space(tmp_path)
+    space = load_space(path)
+    rng = random.Random(0)  # the draws op_frequencies makes: seed 0
+    archs = [space.random(rng) for _ in range(8)]
+    flops = sample_flops(space, 8)
+    assert flops == [count_flops(build_uninitialized(a), (1, a.in_chans, a.input_size, a.input_size))
+                     for a in archs]
+    budget = sorted(flops)[5]  # six of the eight are within it (ties counted in)
+    assert _main([str(path), "--samples", "8", "--budget", str(budget)]) == 0
+    q = quantiles(flops)
+    out = capsys.readouterr().out
+    assert (f"5 % {format_flops(q[0])}, 25 % {format_flops(q[1])}, median {format_flops(q[2])}, "
+            f"75 % {format_flops(q[3])}, 95 % {format_flops(q[4])}") in out
+    assert f"within {format_flops(budget)}: {sum(f <= budget for f in flops) / 8:.0%}" in out
