@@ -17,7 +17,10 @@ path, build a second (HW)^2 tensor for the bias and scan every row for -inf. Sam
 
 Init: no official PyTorch code is public, so the ResNet scheme of AA-ResNet's bottleneck (timm's
 ``resnet.py``): He normal fan-out on the conv, the q, k, v and output projections, biases 0, the last BN of the
-bottleneck zeroed; the relative embeddings N(0, 1 / d_k per head), as the paper's TensorFlow listing draws them.
+bottleneck zeroed; the relative embeddings as the paper's TensorFlow listing draws them,
+``tf.random_normal_initializer(d_kh ** -0.5)``, whose first argument is the mean: N(d_kh^-1/2, 1), d_kh = d_k
+per head (read as N(0, 1 / d_kh) until issue 21; the evolving-attention code, built on this listing, draws the
+same).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class AugmentedConv(NormActMixer):
         self.rel = RelPosLogits(dk // heads, rel_extent)
         self.proj = nn.Conv2d(dv, dv, 1)
         self.add_norm_act(dim)
+        with torch.no_grad():  # the paper's listing: tf.random_normal_initializer(d_kh ** -0.5), a mean
+            for table in (self.rel.rel_h, self.rel.rel_w):
+                table.normal_((dk // heads) ** -0.5, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv(x)

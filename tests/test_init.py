@@ -107,8 +107,8 @@ TRUNC_02 = ("trunc_normal", TRUNC_STD, TRUNC_BOUND)  # timm's trunc_normal_(std=
 FREE_PARAMS: dict[str, dict[str, object]] = {
     # acmix: "rate1 = rate2 = 0.5"; layout="window" is "Swin's" init, whose table is trunc normal 0.02 (swin.py)
     "acmix": {"ACmix*.rate[12]": ("constant", 0.5), "RelPosBias.table": TRUNC_02},
-    # attention_augmented: "the relative embeddings N(0, 1 / d_k per head)" (d_k per head = the tables' width)
-    "attention_augmented": {"RelPosLogits.rel_[hw]": lambda m, p, b: ("normal", 0.0, p.shape[1] ** -0.5)},
+    # attention_augmented: the paper's listing, tf.random_normal_initializer(d_kh ** -0.5): mean d_kh^-1/2, std 1
+    "attention_augmented": {"RelPosLogits.rel_[hw]": lambda m, p, b: ("normal", p.shape[1] ** -0.5, 1.0)},
     # bot: "the relative embeddings N(0, 1 / head_dim)"
     "bot": {"RelPosLogits.rel_[hw]": lambda m, p, b: ("normal", 0.0, p.shape[1] ** -0.5)},
     # convnext: "layer scale 1e-6"
@@ -118,7 +118,7 @@ FREE_PARAMS: dict[str, dict[str, object]] = {
     # elsa: "G_mul ~ N(0, 1) (torch.randn), G_add trunc normal 0.02"
     "elsa": {"ElsaAttention.ghost_mul": ("normal", 0.0, 1.0), "ElsaAttention.ghost_add": TRUNC_02},
     # evolving_attention: "tf.random_normal_initializer(d_kh ** -0.5), whose first argument is the *mean*:
-    # N(d_kh^-1/2, 1)", not the N(0, 1 / d) of BoTNet and AA
+    # N(d_kh^-1/2, 1)", as AA's listing (not the N(0, 1 / d) of BoTNet)
     "evolving_attention": {"RelPosLogits.rel_[hw]": lambda m, p, b: ("normal", p.shape[1] ** -0.5, 1.0)},
     # glmix: "the slot temperature tau = C^-1/2 (slot_scale, learnable)", C the block's width
     "glmix": {"GLMixMixer.slot_scale": lambda m, p, b: ("constant", b.out_chs ** -0.5)},
