@@ -327,6 +327,18 @@ class _Hyperband:
         _searcher.CandidateASHA = self.original
 
 
+def _commit() -> str | None:
+    """The checkout's commit (operators change between sessions of a comparison that spans several: a row
+    names the code that trained it), or None outside a git checkout."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def _space_digest(path: Path) -> str:
     import hashlib
 
@@ -358,6 +370,7 @@ def _strategy_run(sampler: str, trials: int, seed: int, schedule: str, *, data, 
     pick = a["pick"]
     return {"sampler": sampler, "trials": trials, "seed": seed, "schedule": schedule,
             "fidelity": fidelity, "dataset": data.source, "budget": budget, "space": _space_digest(space),
+            "commit": _commit(),
             "hypervolume": a["hypervolume"],
             "best_proxy": a["proxy_best"]["accuracy"] if a["proxy_best"] else None,
             "pick": pick["record"]["trial_id"] if pick else None,
