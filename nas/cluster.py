@@ -25,6 +25,9 @@ MAX_TRIALS_PER_GPU = 16
 TRIAL_GPU_MEMORY = 2 * 2**30
 
 
+REUSE_WAIT_S = 600  # how long a reused trial actor waits for the stopped trial's thread (start_ray)
+
+
 def start_ray(address: str | None, imports: tuple[str, ...] = (), num_cpus: int | None = None) -> None:
     """Start Ray on this machine (all its CPUs, or ``num_cpus``), or join the cluster at ``address``; the workers find the
     plug-in modules ``imports`` (imported here already) through their ``PYTHONPATH``."""
@@ -41,10 +44,15 @@ def start_ray(address: str | None, imports: tuple[str, ...] = (), num_cpus: int 
     if ray.is_initialized():
         return
     paths = module_paths(imports)
-    runtime_env = None
+    # A trial stopped early (ASHA, the time budget) goes on training in its thread until its next report, up to an
+    # epoch away; before Tune hands the trial's actor to the next trial (reuse_actors), it gives that thread
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S to end, 2 s by default, and aborts the *next* trial when it has not ("Could
+    # not re-use actor ... reset_config()"): on a busy machine a trial was lost that way. Wait out the epoch.
+    env_vars = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": str(REUSE_WAIT_S)}
     if paths:
-        path = os.pathsep.join(paths + [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else paths)
-        runtime_env = {"env_vars": {"PYTHONPATH": path}}
+        env_vars["PYTHONPATH"] = os.pathsep.join(paths + [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
+                                                 else paths)
+    runtime_env = {"env_vars": env_vars}
     ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              configure_logging=True, runtime_env=runtime_env, **({} if address else {"num_cpus": num_cpus or os.cpu_count()}))
 
