@@ -17,7 +17,11 @@ the pick (the proxy's most accurate candidate) retrained at ``more_data`` fideli
 twice the proxy's images per epoch) from 2 seeds. Seed s is the data split, the proxies' seed and the
 sampler's seed, the same for every sampler: the runs are paired. The proxy fidelity is ``STRATEGY_FIDELITY``
 ("quarter-data"): the default proxy (width x0.25, 32 px, batch 64, lr 3e-3, 4 epochs, ASHA from epoch 2) on
-512 images per epoch instead of 1536, so the 64 runs fit a few hours on 2 cores. Why it should transfer to
+512 images per epoch instead of 1536. Measured on 2 cores, a 20-trial run takes 5-8 min and a 60-trial run
+about 20 min when nothing else runs, so the 64 runs need about 14 h: more than the few hours the issue asked
+for, run across sessions (``--trials 20`` first, so the 20-candidate comparison completes early). The space is
+the default space frozen when the comparison began (``STRATEGY_SPACE``), and each row names the commit that
+trained it. Why it should transfer to
 the default: the samplers see the same space, budget, epochs and early-stopping schedule, and only the
 proxy's noise grows with fewer images, which hides differences (the comparison is conservative) rather than
 inventing them; the confirmation rung is the default's, relative to the proxy. Each finished run is one line
