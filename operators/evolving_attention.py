@@ -33,7 +33,8 @@ Departures, and why:
   (1 - beta) L + beta L = L) and go through it. A block then computes one function and owns one set of
   parameters wherever it sits: every parameter trains, and a block alone (the catalog's tests, the per-layer
   FLOP and latency tables) costs what it costs in the network. The price is one 584-parameter conv per chain
-  start (two in EA-AA-ResNet-50, whose 25.8 M this leaves unchanged to three digits).
+  start (two in EA-AA-ResNet-50, at N = 196 and 49: 1,168 of its 24.97 M parameters and 23.5 M of its 4.24 G
+  multiply-adds).
 - Padding: PyTorch's symmetric padding for the pooling (TensorFlow's SAME pads the bottom-right only on even
   maps, shifting its windows half a pixel) and half-pixel centres for the bilinear resize (TensorFlow 1's
   ``resize_images`` uses neither): the ONNX Resize and AveragePool the export meets.
