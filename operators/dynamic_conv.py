@@ -142,22 +142,19 @@ class DynamicConv2d(nn.Module):
         self.tau = None
 
 
-class DynamicConvNormAct(nn.Module):
-    """``ConvNormAct`` with a ``DynamicConv2d``: conv -> BN -> optional activation; ``reparameterize`` folds the
-    BN into the K kernels and biases."""
+class DynamicConvNormAct(ConvNormAct):
+    """``ConvNormAct`` with a ``DynamicConv2d``: its forward (conv -> BN -> optional activation); ``reparameterize``
+    folds the BN into the K kernels and biases instead of one static kernel."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
                  act: type[nn.Module] | None = nn.ReLU, **dynamic):
-        super().__init__()
+        nn.Module.__init__(self)  # ConvNormAct's layers, with the dynamic conv in place of nn.Conv2d
         self.conv = DynamicConv2d(in_chs, out_chs, kernel_size, stride, groups, **dynamic)
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = act() if act is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return self.act(x) if self.act is not None else x
+    def fused_weight_bias(self):
+        raise TypeError("a dynamic conv has no static kernel: its K kernels fold the BN (reparameterize)")
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -172,7 +169,7 @@ def make_dynamic(module: nn.Module, **dynamic) -> nn.Module:
     activation (a new BN, at weight 1); returns ``module``. The catalog's units stay the one copy of their
     layout and forward."""
     for name, child in module.named_children():
-        if isinstance(child, ConvNormAct):
+        if type(child) is ConvNormAct:  # a static one (a DynamicConvNormAct is one too, already swapped)
             conv = child.conv
             act = type(child.act) if child.act is not None else None
             setattr(module, name, DynamicConvNormAct(conv.in_channels, conv.out_channels, conv.kernel_size[0],
