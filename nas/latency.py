@@ -49,6 +49,7 @@ from torch import nn
 
 from .arch import Arch
 from .errors import OpmixError
+from .stats import quantile
 
 __all__ = ["TARGETS", "Target", "Timing", "time_runs", "measure_module", "measure_arch_latency", "LatencyTable",
            "Correction", "Prediction", "predict", "parse_latency", "pinned", "reserve_cores", "main"]
@@ -177,13 +178,6 @@ class Timing:
         return f"{self.ms:.2f} ms (median {self.median_ms:.2f}, IQR {self.iqr_ms:.2f}, {self.runs} runs)"
 
 
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (pos - lo)
-
-
 def time_runs(run: Callable[[], float], *, rounds: int = 5, repeats: int = 0, warmup_s: float = 0.1,
               round_s: float = 0.1) -> Timing:
     """Time ``run`` (which does one call and returns its seconds): warm up for at least ``warmup_s`` (and 2
@@ -201,7 +195,7 @@ def time_runs(run: Callable[[], float], *, rounds: int = 5, repeats: int = 0, wa
             samples.append([run() for _ in range(per_round)])
     medians = [1e3 * statistics.median(r) for r in samples]
     flat = [1e3 * t for r in samples for t in r]
-    return Timing(min(medians), statistics.median(flat), _quantile(flat, 0.25), _quantile(flat, 0.75),
+    return Timing(min(medians), statistics.median(flat), quantile(flat, 0.25), quantile(flat, 0.75),
                   tuple(medians), len(flat))
 
 
@@ -422,7 +416,7 @@ class Correction:
                 best = (score, form, loo)
         _, form, loo = best
         a, b = _FORMS[form](pts)
-        return cls(a, b, len(pts), _quantile(loo, 0.9), form)
+        return cls(a, b, len(pts), quantile(loo, 0.9), form)
 
 
 def _wls(pts: list[tuple[float, float]]) -> tuple[float, float]:

@@ -408,15 +408,10 @@ def sample_flops(space: Space, samples: int, seed: int = 0) -> list[int]:
 
 
 def quantiles(values: list[int], qs: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> list[float]:
-    """The ``qs`` quantiles of ``values``, linearly interpolated between order statistics (numpy's default)."""
-    ordered = sorted(values)
-    out = []
-    for q in qs:
-        pos = q * (len(ordered) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        out.append(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-    return out
+    """The ``qs`` quantiles of ``values`` (``nas.stats.quantile``: numpy's linear interpolation)."""
+    from .stats import quantile
+
+    return [quantile(values, q) for q in qs]
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -25,6 +25,8 @@ Noise of an accuracy difference (the pick of a search, ``nas.pareto``):
 - ``binomial_difference_se``: the same for two accuracies measured on independent images; the fallback
   when per-image results are not recorded, and larger than the paired one for networks that agree.
 - ``pack_bits`` / ``unpack_bits``: per-image correctness as a hex string, the form a run record keeps.
+- ``quantile``: the q-quantile of a list, linearly interpolated between order statistics (numpy's default),
+  in plain Python for the latency timings and the space's FLOPs summary.
 
 Higher is better in both the score and the reference. A statistic that is undefined (fewer than two
 architectures, a constant input) is NaN, not an error: a calibration can then say "no ranking power".
@@ -240,3 +242,12 @@ def unpack_bits(text: str, n: int) -> np.ndarray:
     if len(raw) != (n + 7) // 8:
         raise OpmixError(f"per-image results hold {len(raw) * 8} bits, not the {n} images they claim")
     return np.unpackbits(raw)[:n].astype(bool)
+
+
+def quantile(values, q: float) -> float:
+    """The ``q``-quantile (0 <= q <= 1) of ``values``, interpolated linearly between the order statistics around
+    position q (n - 1), as ``np.quantile`` does by default."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (pos - lo)

@@ -208,3 +208,14 @@ def test_permutation_p_of_three_is_exact_enumeration():
     # n = 3, x = y = 1 2 3: of the 6 orders of y only the identity reaches tau = 1 -> p -> 1/6
     p = permutation_p([1, 2, 3], [1, 2, 3], resamples=6000, seed=0)
     assert p == pytest.approx(1 / 6, abs=0.02)
+
+
+def test_quantile_is_numpys_linear_interpolation():
+    from nas.stats import quantile
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 40):
+        values = list(rng.normal(size=n))
+        for q in (0.0, 0.05, 0.25, 0.5, 0.9, 1.0):
+            assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-12)
+    assert quantile([3, 1, 2], 0.25) == 1.5  # between the first and second order statistics
