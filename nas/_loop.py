@@ -3,9 +3,10 @@
 ``search(config, run=...)`` runs (or continues) one search into a run folder (``nas.rundir``); the command
 line (``nas.search``) and the printed summary (``nas._summary``) sit around it.
 
-Optuna's multi-objective samplers (TPE by default, NSGA-II, random, regularized evolution: ``nas.evolution``)
-propose architectures through a Ray Tune searcher (``nas._searcher.BudgetSearcher``); each one's full-size FLOPs
-are counted before any training and a candidate over the budget is recorded ``infeasible`` and never trained.
+Optuna's samplers (random by default: none beat it beyond noise, docs/benchmarks.md; TPE, NSGA-II, regularized
+evolution: ``nas.evolution``) propose architectures through a Ray Tune searcher
+(``nas._searcher.BudgetSearcher``); each one's full-size FLOPs are counted before any training and a candidate
+over the budget is recorded ``infeasible`` and never trained.
 Feasible candidates train as proxies (``nas.proxy.train_arch``) in Ray Tune trials, cut short by ASHA when they
 trail. Then the confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher
 fidelity with two seeds each. With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation.
@@ -57,7 +58,7 @@ class SearchConfig:
     epochs: int = 4
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    sampler: str = "tpe"
+    sampler: str = "random"  # no sampler beat it beyond noise (docs/benchmarks.md#does-the-search-beat-random)
     seed: int = 0
     width_mult: float = 0.25
     max_train: int = 1536

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -200,9 +201,12 @@ class BudgetSearcher(Searcher):
             least += (f"; the fastest network seen took {self.fastest_over:.2f} ms against the latency budget's "
                       f"{self.costs.latency_budget:g} ms")
         raise_what = "raise --latency-budget" if "over the latency budget" in self.reasons else "raise --budget"
+        fixes = [raise_what, "narrow the space to cheaper widths, depths and operators"]
+        if isinstance(self.study.sampler, optuna.samplers.RandomSampler):  # the default never learns the budget
+            fixes.append("let a sampler learn where the budget lies (--sampler tpe or evolution)")
         return (f"  stopping: the last {MAX_REJECTIONS} candidates the sampler proposed were all infeasible ({why}"
-                f"{least}), and {trained} {'was' if trained == 1 else 'were'} trained; {raise_what}, or narrow the "
-                f"space to cheaper widths, depths and operators")
+                f"{least}), and {trained} {'was' if trained == 1 else 'were'} trained; {', '.join(fixes[:-1])} "
+                f"or {fixes[-1]}")
 
     def _launch(self, trial_id: str, arch: Arch, otrial, *, reference: str | None = None, flops: int | None = None,
                 params: int | None = None, flops_seconds: float = 0.0, latency: dict[str, Any] | None = None,

@@ -35,7 +35,7 @@ from .storage import storage_to_resume, storage_to_store
 __all__ = ["search", "SearchConfig", "main"]
 
 PROG = "python -m nas.search"
-SAMPLERS = ("tpe", "nsga2", "random", "evolution")
+SAMPLERS = ("random", "tpe", "nsga2", "evolution")
 
 
 def _parse_duration(text: str) -> float:

@@ -21,6 +21,7 @@ from search_helpers import search_cli, write_space, write_tiny_fashion
 
 import nas._searcher
 from nas._searcher import BudgetSearcher, CandidateASHA
+from nas._loop import make_sampler
 from nas.rundir import RunDir
 from nas.space import load_space
 
@@ -62,10 +63,13 @@ OVER_A, OVER_B = P(16, 2, 64, 2), P(64, 1, 64, 1)  # 160 M, 128 M: over the budg
 DECREASING, TOO_DEEP = P(64, 1, 32, 1), P(16, 3, 16, 2)  # against the space's constraints (96 M, 80 M)
 
 
-def make_searcher(tmp_path: Path, space_text: str = CONSTRAINED, *, epochs: int = 2, budget: int = BUDGET):
-    """A BudgetSearcher over an in-memory study (random sampler), a run folder and a counting fake measure."""
+def make_searcher(tmp_path: Path, space_text: str = CONSTRAINED, *, epochs: int = 2, budget: int = BUDGET,
+                  sampler=None):
+    """A BudgetSearcher over an in-memory study (random sampler unless given), a run folder and a counting fake
+    measure."""
     space = load_space(write_space(tmp_path, space_text))
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=sampler or optuna.samplers.RandomSampler(seed=0))
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     measured, logs = [], []
@@ -210,9 +214,10 @@ def test_duplicates_do_not_use_up_the_give_up_counter(tmp_path, monkeypatch):
     assert [r["status"] for r in s.run.read_trials()] == ["completed", "infeasible", "infeasible"]
 
 
-def test_giving_up_on_the_budget_says_what_happened(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_giving_up_on_the_budget_says_what_happened(tmp_path, monkeypatch, sampler):
     monkeypatch.setattr(nas._searcher, "MAX_REJECTIONS", 3)
-    s = make_searcher(tmp_path)
+    s = make_searcher(tmp_path, sampler=make_sampler(sampler, 0, 20))
     s.study.enqueue_trial(FEASIBLE)
     s.searcher.suggest("t1")
     train(s, "t1", [0.5, 0.6])
@@ -225,6 +230,8 @@ def test_giving_up_on_the_budget_says_what_happened(tmp_path, monkeypatch):
     assert "0.128" in message and "0.1 G" in message, message  # the cheapest over budget: OVER_B, 128 M
     assert re.search(r"\b1 (were|was) trained", message), message
     assert "--budget" in message and "narrow the space" in message, message
+    # random sampling (the default) never learns where the budget lies: the message names the samplers that do
+    assert ("--sampler tpe or evolution" in message) == (sampler == "random"), message
     assert "\n" not in message.strip()
 
 
