@@ -25,7 +25,11 @@ MAX_TRIALS_PER_GPU = 16
 TRIAL_GPU_MEMORY = 2 * 2**30
 
 
-REUSE_WAIT_S = 600  # how long a reused trial actor waits for the stopped trial's thread (start_ray)
+# How long a reused trial actor waits for the stopped trial's thread (start_ray): a proxy epoch, 17-25 s at the
+# default proxy on 2 cores and up to 50 s under load (docs/benchmarks.md), with room. Not longer: Tune waits
+# for that reset before it ends a session, and a thread that does not end held a 240 s time-budgeted search
+# for 600 s more (its confirmation then had no time left) when this was 600.
+REUSE_WAIT_S = 60
 
 
 def start_ray(address: str | None, imports: tuple[str, ...] = (), num_cpus: int | None = None) -> None:

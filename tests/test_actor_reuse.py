@@ -5,7 +5,9 @@ actor ... Trainable runner reuse requires reset_config() to be implemented and r
 benchmark run lost a trial that way on a busy machine (a thread stopped mid-epoch reaches its next report an
 epoch later). The race did not reproduce in a small Tune run, so what is tested is the remedy's plumbing:
 ``nas.cluster.start_ray`` gives every worker ``REUSE_WAIT_S``, longer than a proxy epoch, alongside the plug-in
-``PYTHONPATH`` it already passed."""
+``PYTHONPATH`` it already passed. Not much longer: Tune waits for a pending reset before it ends a session, so
+the wait bounds how far a thread that never ends can hold a search past its time budget (at 600 s, a 240 s
+search of the schedule comparison took 757 s and lost its confirmation)."""
 
 from __future__ import annotations
 
@@ -21,4 +23,6 @@ def test_workers_wait_for_a_stopped_trials_thread_before_reusing_its_actor(local
         return os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S")
 
     assert ray.get(worker_env.remote()) == str(REUSE_WAIT_S)
-    assert REUSE_WAIT_S >= 60  # Tune's 2 s is shorter than one proxy epoch on a busy 2-core machine
+    # Tune's 2 s is shorter than one proxy epoch on a busy 2-core machine (up to 50 s, docs/benchmarks.md); a
+    # wait much beyond one epoch only prolongs a stuck reset
+    assert 50 <= REUSE_WAIT_S <= 120
