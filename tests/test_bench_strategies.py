@@ -1,0 +1,83 @@
+"""The strategies benchmark's bookkeeping (``benchmarks/bench_search.py strategies``), without training: its report
+pairs runs by seed (a sampler against random, Hyperband against ASHA at equal wall time), leaves out a run
+without a confirmed pick from that quantity only, and a run waits while the results file's ``.pause`` exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "benchmarks" / "bench_search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(sampler, seed, schedule="asha", *, hv, proxy, pick, completed=10, stopped=5, budget=None):
+    return {"sampler": sampler, "trials": 20, "seed": seed, "schedule": schedule, "hypervolume": hv,
+            "best_proxy": proxy, "pick_confirmed": pick, "time_budget_s": budget,
+            "by_status": {"completed": completed, "stopped": stopped, "infeasible": 7}}
+
+
+def paired_line(lines: list[str], header: str, key: str, label: str) -> str:
+    """The line of ``label`` under ``key`` in the report block whose header starts with ``header``."""
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(header))
+    block = lines[start + 1:]
+    block = block[:next((i for i, line in enumerate(block) if not line.startswith("  ")), len(block))]
+    at = block.index(f"  {key}")
+    return next(line for line in block[at + 1:] if line.strip().startswith(label))
+
+
+def test_a_sampler_is_paired_with_random_on_the_seeds_both_ran(bench):
+    rng = np.random.default_rng(0)
+    random_hv, tpe_hv = rng.uniform(0.1, 0.3, 5), rng.uniform(0.1, 0.3, 6)
+    rows = [row("random", s, hv=random_hv[s], proxy=0.3, pick=0.35) for s in range(5)]
+    rows += [row("tpe", s, hv=tpe_hv[s], proxy=0.3, pick=0.35) for s in range(6)]  # seed 5: no random run
+    lines = bench.strategies_report(rows)
+    line = paired_line(lines, "asha, 20 trained candidates", "hypervolume", "tpe")
+    assert re.search(r"n\s+6\s", line), line  # its own median is over its 6 seeds
+    assert f"{np.median(tpe_hv):.4f}" in line
+    # the paired difference only over the 5 seeds random ran too
+    assert f"vs random (5 seeds) {np.median(tpe_hv[:5] - random_hv):+.4f}" in line, line
+
+
+def test_hyperband_is_paired_with_asha_at_equal_wall_time_and_a_lost_pick_leaves_only_that_quantity(bench):
+    asha_trained, hb_trained = [14, 15, 17, 16], [16, 15, 22, 17]
+    rows = [row("random", s, "asha-timed", hv=0.2, proxy=0.3, pick=None if s == 3 else 0.35 + s / 100,
+                completed=t - 5, budget=240.0) for s, t in enumerate(asha_trained)]
+    rows += [row("random", s, "hyperband", hv=0.2, proxy=0.3, pick=0.36 + s / 100, completed=t - 5, budget=240.0)
+             for s, t in enumerate(hb_trained)]
+    lines = bench.strategies_report(rows)
+    header = "hyperband against asha at equal wall time, sampler random"
+    trained = paired_line(lines, header, "trained", "hyperband")
+    assert f"vs asha-timed (4 seeds) {np.median(np.subtract(hb_trained, asha_trained)):+.4f}" in trained, trained
+    pick = paired_line(lines, header, "pick_confirmed", "hyperband")
+    assert "vs asha-timed (3 seeds) +0.0100" in pick, pick  # seed 3's ASHA run confirmed nothing
+    assert re.search(r"n\s+3\s", paired_line(lines, header, "pick_confirmed", "asha-timed"))
+    assert re.search(r"n\s+4\s", paired_line(lines, header, "hypervolume", "asha-timed"))
+    assert any("240 s of wall time each (up to 60 candidates)" in line for line in lines)
+
+
+def test_a_run_waits_while_the_pause_file_exists(bench, tmp_path, monkeypatch):
+    pause = tmp_path / "strategies.pause"
+    bench._wait_while_paused(pause)  # no file: returns at once
+    pause.touch()
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 3:
+            pause.unlink()
+
+    monkeypatch.setattr(bench.time, "sleep", sleep)
+    bench._wait_while_paused(pause)
+    assert len(polls) == 3 and not pause.exists()
