@@ -455,34 +455,32 @@ def _trained(row: dict) -> int:
     return row["by_status"].get("completed", 0) + row["by_status"].get("stopped", 0)
 
 
-def strategies_report(rows: list[dict]) -> list[str]:
-    """Per schedule, budget and sampler: each quantity's median over seeds with a bootstrap 90 % interval of
-    the median, and the median of the paired differences from random (same seed) with its interval. Where
-    both timed schedules ran, Hyperband's paired difference from ASHA, per sampler."""
+def median_line(label: str, own: dict, base: dict | None, versus: str) -> str | None:
+    """``own`` (seed -> value) as its median with a bootstrap 90 % interval, then the median of its paired
+    differences from ``base`` (seed -> value) over their common seeds, with its interval; None when empty."""
     import numpy as np
 
     from nas.stats import bootstrap_interval
 
-    def median(a, b) -> float:
-        return float(np.median(a))
+    x = np.array(list(own.values()), dtype=float)
+    if not len(x):
+        return None
+    lo, hi = bootstrap_interval(lambda a, b: float(np.median(a)), x, x)
+    text = f"    {label:10s} n {len(x):2d}  {np.median(x):.4f} [{lo:.4f}, {hi:.4f}]"
+    common = sorted(set(own) & set(base or {}))
+    if common:
+        a = np.array([own[s] for s in common], dtype=float)
+        b = np.array([base[s] for s in common], dtype=float)
+        dlo, dhi = bootstrap_interval(lambda a, b: float(np.median(a - b)), a, b)
+        text += f"   vs {versus} ({len(common)} seeds) {np.median(a - b):+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
+    return text
 
-    def paired(a, b) -> float:
-        return float(np.median(a - b))
 
-    def line(label: str, own: dict, base: dict | None, versus: str) -> str | None:
-        """``own`` (seed -> value) as a median with its interval, then its paired difference from ``base``."""
-        x = np.array(list(own.values()), dtype=float)
-        if not len(x):
-            return None
-        lo, hi = bootstrap_interval(median, x, x)
-        text = f"    {label:10s} n {len(x):2d}  {np.median(x):.4f} [{lo:.4f}, {hi:.4f}]"
-        common = sorted(set(own) & set(base or {}))
-        if common:
-            a = np.array([own[s] for s in common], dtype=float)
-            b = np.array([base[s] for s in common], dtype=float)
-            dlo, dhi = bootstrap_interval(paired, a, b)
-            text += f"   vs {versus} ({len(common)} seeds) {np.median(a - b):+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
-        return text
+def strategies_report(rows: list[dict]) -> list[str]:
+    """Per schedule, budget and sampler: each quantity's median over seeds with a bootstrap 90 % interval of
+    the median, and the median of the paired differences from random (same seed) with its interval. Where
+    both timed schedules ran, Hyperband's paired difference from ASHA, per sampler."""
+    line = median_line
 
     def values(group: list[dict], key: str, **match) -> dict:
         get = _trained if key == "trained" else (lambda r: r[key])

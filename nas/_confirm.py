@@ -16,6 +16,7 @@ it be unless asked to ``--retry-failed``. ``nas.pareto.analyze`` turns the recor
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any, Callable
 
@@ -23,13 +24,19 @@ from .rundir import RunDir, trial_label, trial_record
 from .arch import Arch
 from .proxy import MAX_VAL, ProxySettings
 
-__all__ = ["confirm_settings", "confirm_jobs", "confirm", "CONFIRM_DATA_FACTOR", "CONFIRM_SHARE", "SEEDS"]
+__all__ = ["confirm_settings", "confirm_jobs", "confirm", "confirmation_estimate_s", "ConfirmReserve",
+           "CONFIRM_DATA_FACTOR", "CONFIRM_SHARE", "RESERVE_MAX", "SEEDS"]
 
 # Twice the proxy's images per epoch: what fits the bare command's 15 minutes on 2 cores, where a proxy trial
 # takes 15-80 s (benchmarks/bench_search.py trial-cost), so 3 candidates x 2 seeds at 2x take 3 waves of
 # 30-160 s on 2 slots. nas.calibrate measures what a rung buys for its cost.
 CONFIRM_DATA_FACTOR = 2
-CONFIRM_SHARE = 0.35  # of a time budget, kept for the confirmation; the proxy phase gets the rest
+# Under a time budget the proxy phase ends early enough for the confirmation to fit (ConfirmReserve): while no
+# candidate within the budget has completed, nothing says what the confirmation costs and CONFIRM_SHARE of the
+# time budget is kept for it; from then on, the estimate (confirmation_estimate_s), at most RESERVE_MAX of it.
+CONFIRM_SHARE = 0.35
+RESERVE_MAX = 0.5
+CONFIRM_START_S = 5.0  # starting the confirmation's Ray Tune experiment, before its first training begins
 SEEDS = 2  # the run's seed and the next one
 
 
@@ -75,6 +82,69 @@ def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *,
              **({"latency_ms": r["latency_ms"]} if r.get("latency_ms") is not None else {})}
             for r in _candidates(records, budget, k, references, latency_budget_ms, objectives)
             for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
+
+
+def job_seconds(candidate: dict[str, Any], data_factor: float) -> float:
+    """A confirmation training's expected seconds: its candidate's proxy trial time (``timings.train_s``: build,
+    every epoch and its evaluation) times ``data_factor``, the confirmation's images per epoch over the proxy's,
+    plus the rest of the proxy's wall time (waiting for a worker, shipping the data), which does not grow with
+    the images. Scaling the evaluation and the build too errs on the long side."""
+    timings = candidate.get("timings") or {}
+    train = float(timings.get("train_s") or 0.0)
+    return train * data_factor + max(0.0, float(timings.get("wall_s") or train) - train)
+
+
+def makespan(costs: list[float], slots: int) -> float:
+    """Wall seconds of jobs taken in order by ``slots`` workers, each job by the worker that frees first."""
+    free = [0.0] * max(1, slots)
+    for cost in costs:
+        free[free.index(min(free))] += cost
+    return max(free)
+
+
+def confirmation_estimate_s(records: list[dict[str, Any]], budget: float | None, k: int, *, references: bool,
+                            seed: int, slots: int, data_factor: float, latency_budget_ms: float | None = None,
+                            objectives: tuple[str, ...] = ("accuracy", "flops")) -> float | None:
+    """Seconds the confirmation of the run as it stands would take (None while no candidate within the budget
+    has completed): the trainings ``confirm_jobs`` would make, each ``job_seconds`` long, best first on
+    ``slots`` workers, after ``CONFIRM_START_S``. While the top of the front holds fewer than ``k`` sampled
+    candidates, each missing one counts as its seeds' trainings at the median cost of those it holds."""
+    top = _candidates(records, budget, k, references, latency_budget_ms, objectives)
+    if not top:
+        return None
+    cost = {r["trial_id"]: job_seconds(r, data_factor) for r in top}
+    jobs = confirm_jobs(records, budget, k, references=references, seed=seed, latency_budget_ms=latency_budget_ms,
+                        objectives=objectives)
+    missing = k - sum(1 for r in top if not r.get("reference"))
+    costs = [cost[j["confirms"]] for j in jobs] + [statistics.median(cost.values())] * (missing * SEEDS)
+    return CONFIRM_START_S + makespan(costs, slots)
+
+
+class ConfirmReserve:
+    """When the proxy phase of a search under a time budget ends: ``total_s`` after ``started``, less the time
+    the confirmation will need. ``records`` gives the run's records as they are now (re-read when their count
+    changes); the other arguments are ``confirmation_estimate_s``'s. The reserve is ``CONFIRM_SHARE`` of the
+    time budget until the estimate exists, then the estimate, never above ``RESERVE_MAX`` of the budget."""
+
+    def __init__(self, records: Callable[[], list[dict[str, Any]]], *, started: float, total_s: float,
+                 **estimate: Any):
+        self.records, self.started, self.total_s, self.estimate = records, started, total_s, estimate
+        self._seen: int | None = None
+        self._reserve = CONFIRM_SHARE * total_s
+        self.estimated: float | None = None  # the last estimate, None while there is none
+
+    def reserve_s(self) -> float:
+        records = self.records()
+        if len(records) != self._seen:
+            self._seen = len(records)
+            self.estimated = confirmation_estimate_s(records, **self.estimate)
+            self._reserve = (CONFIRM_SHARE * self.total_s if self.estimated is None
+                             else min(self.estimated, RESERVE_MAX * self.total_s))
+        return self._reserve
+
+    def deadline(self) -> float:
+        """The proxy phase's end (``time.time()``)."""
+        return self.started + self.total_s - self.reserve_s()
 
 
 def _trainable(config: dict[str, Any], data=None, settings: ProxySettings = ProxySettings(),
@@ -138,8 +208,8 @@ def _recorder(run: RunDir, settings: ProxySettings, fidelity: dict[str, Any], lo
             run.append_trial(record)
             if status == "confirmed":
                 self.recorded += 1
-            log(f"  confirm {trial_label(job)}, seed {job['seed']}: " + (f"accuracy {accs[-1]:.4f}" if status == "confirmed"
-                                                             else f"FAILED: {error}"))
+            outcome = f"accuracy {accs[-1]:.4f}" if status == "confirmed" else f"FAILED: {error}"
+            log(f"  confirm {trial_label(job)}, seed {job['seed']}: {outcome}")
 
     return Recorder()
 
@@ -155,7 +225,8 @@ def confirm(jobs: list[dict[str, Any]], *, run: RunDir, data, settings: ProxySet
 
     data = resize_data(data, settings.image_size)
     recorder = _recorder(run, settings, fidelity_of(settings, data), log)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data, settings=settings, imports=imports), resources)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, data=data, settings=settings, imports=imports),
+                                    resources)
     tuner = tune.Tuner(
         trainable, param_space={"job": tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=slots, time_budget_s=time_budget_s,

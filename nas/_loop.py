@@ -9,7 +9,8 @@ evolution: ``nas.evolution``) propose architectures through a Ray Tune searcher
 over the budget is recorded ``infeasible`` and never trained.
 Feasible candidates train as proxies (``nas.proxy.train_arch``) in Ray Tune trials, cut short by ASHA when they
 trail. Then the confirmation rung (``nas._confirm``) retrains the front's top ``--confirm`` K at a higher
-fidelity with two seeds each. With a time budget, ``CONFIRM_SHARE`` of it is kept for the confirmation.
+fidelity with two seeds each. With a time budget, the proxy phase ends early enough for the confirmation of the
+front as it stands to fit (``nas._confirm.ConfirmReserve``: an estimate from the top candidates' training times).
 
 The study is the run's own: its name (``study_name`` in ``config.yaml``) is unique to the run, so several
 runs can share one ``--storage`` database without mixing.
@@ -34,7 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._confirm import CONFIRM_SHARE, confirm_settings
+from ._confirm import RESERVE_MAX, ConfirmReserve, confirm_settings, fidelity_of
 from ._trial import error_text, trainable
 from .cluster import slots, start_ray
 from .errors import OpmixError
@@ -244,14 +245,26 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         log(f"  references within the budget, trained first: {', '.join(n for n, _ in references) or 'none'}")
     remaining = config.trials - len([r for r in trained if not r.get("reference")])
     session, resources = run.next_session(), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    proxy_budget = None if time_budget_s is None else time_budget_s * (1 - CONFIRM_SHARE if config.confirm else 1)
     if remaining <= 0 and not references:
         log(f"  all {config.trials} trials of this run are done; raise --trials to continue")
     else:
         start_ray(address, imports, num_cpus=keep_cores_for_latency(config.latency, address, log))
+        n_slots = slots(cpus_per_trial, gpus_per_trial)
         searcher = BudgetSearcher(study=study, space=space, budget=config.budget, epochs=config.epochs, run=run,
                                   measure=measure_arch, references=references, history=candidates, log=log,
-                                  costs=costs, deadline=None if proxy_budget is None else time.time() + proxy_budget)
+                                  costs=costs)
+        reserve = None
+        if time_budget_s is not None and config.confirm:
+            confirmations = [r for r in records if "confirms" in r]
+            reserve = ConfirmReserve(
+                lambda: confirmations + [r for r in searcher.outcomes.values() if r["status"] == "completed"],
+                started=started, total_s=time_budget_s, budget=config.budget, k=config.confirm,
+                references=config.seed_references, seed=config.seed, slots=n_slots,
+                data_factor=_data_factor(config, data), latency_budget_ms=config.latency_budget_ms,
+                objectives=config.objectives)
+            searcher.deadline = reserve.deadline
+        elif time_budget_s is not None:
+            searcher.deadline = lambda: started + time_budget_s
         proxy = config.proxy
         fn = tune.with_resources(
             tune.with_parameters(trainable, data=resize_data(data, proxy.image_size), proxy=proxy, seed=config.seed,
@@ -260,23 +273,28 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         scheduler = (CandidateASHA(time_attr="epoch", max_t=config.epochs, grace_period=proxy.grace_period,
                                    reduction_factor=2, stopped=searcher.asha_stopped)
                      if config.early_stop and proxy.grace_period < config.epochs else None)
-        n_slots = slots(cpus_per_trial, gpus_per_trial)
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="accuracy", mode="max",
                                         num_samples=remaining + len(references), max_concurrent_trials=n_slots,
-                                        time_budget_s=proxy_budget, reuse_actors=True),
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=session, storage_path=str(run.ray.resolve()), verbose=0,
+                                      stop=None if searcher.deadline is None else _deadline_stopper(searcher.deadline),
                                       callbacks=[_progress_callback(searcher, config.epochs, log)],
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
         log(f"  training {remaining} candidates ({n_slots} at a time, {cpus_per_trial:g} CPU"
             f"{f', {gpus_per_trial:g} GPU' if gpus_per_trial else ''} each), {config.epochs} epochs, "
             f"ASHA {'on' if config.early_stop else 'off'}"
-            + (f"; {proxy_budget / 60:.1f} min at most, the rest of the time budget kept for confirmation"
-               if proxy_budget and config.confirm else ""))
+            + (f"; until the time budget less the confirmation's share ({reserve.reserve_s() / 60:.1f} min "
+               "until a candidate completes, then the estimate from its training time)" if reserve else ""))
         try:
             tuner.fit()
+            if reserve is not None and reserve.estimated is not None:
+                over = reserve.estimated > RESERVE_MAX * time_budget_s
+                log(f"  confirmation estimated at {reserve.estimated:.0f} s from the top candidates' training times"
+                    + (f", more than the {RESERVE_MAX:.0%} of the time budget it may keep: it may not finish "
+                       "(a longer --time-budget, or a lower --confirm, fits it)" if over else ""))
         finally:
             for trial_id in list(searcher.live):  # failed in Ray, or cut off (time budget, Ctrl-C, the run ends)
                 trial = searcher.errored.get(trial_id)
@@ -293,6 +311,28 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
     from ._summary import summarize
 
     return summarize(run, config, started)
+
+
+def _data_factor(config: SearchConfig, data) -> float:
+    """The confirmation's training images per epoch over the proxy's (the training split caps both)."""
+    return (fidelity_of(config.confirmation, data)["train_images"]
+            / max(1, fidelity_of(config.proxy, data)["train_images"]))
+
+
+def _deadline_stopper(deadline):
+    """A Ray Tune stopper that ends the experiment (its running trials cut off) once ``time.time()`` reaches
+    ``deadline()``, which may move while it runs (``nas._confirm.ConfirmReserve``); Tune's own
+    ``time_budget_s`` is fixed when the experiment starts."""
+    from ray.tune import Stopper
+
+    class Deadline(Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return time.time() >= deadline()
+
+    return Deadline()
 
 
 def keep_cores_for_latency(latency: dict[str, Any] | None, address: str | None, log) -> int | None:
@@ -340,10 +380,13 @@ def _confirm_phase(config: SearchConfig, *, run: RunDir, data, session: str, add
         log(f"  confirming {len({j['confirms'] for j in jobs})} candidate(s): {len(jobs)} training(s) of "
             f"{settings.max_train or 'all'} images x {settings.epochs} epochs, seeds {config.seed} and "
             f"{config.seed + 1}, {n_slots} at a time" + (f", {left / 60:.1f} min left" if left is not None else ""))
+        t0 = time.time()
         confirm(jobs, run=run, data=data, settings=settings, session=session, resources=resources, slots=n_slots,
                 time_budget_s=left, log=log, imports=imports)
         cut = len(todo(False))
-        if cut:
+        if not cut:
+            log(f"  confirmation done in {time.time() - t0:.0f} s")
+        else:
             timed_out = deadline is not None and time.time() >= deadline - 1
             log(f"  {cut} of {len(jobs)} confirmation training(s) did not finish"
                 f"{' within the time budget' if timed_out else ''}; {resume}")

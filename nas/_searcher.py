@@ -45,13 +45,14 @@ class BudgetSearcher(Searcher):
     def __init__(self, *, study, space: Space, budget: int | None, epochs: int, run: RunDir,
                  measure: Callable[[Arch], tuple[int, int]], references: list[tuple[str, Arch]] = (),
                  history: list[dict[str, Any]] = (), log: Callable[[str], None] = print, costs: Costs | None = None,
-                 deadline: float | None = None):
+                 deadline: Callable[[], float] | None = None):
         super().__init__(metric="accuracy", mode="max")
         self.study, self.space, self.budget, self.epochs, self.run = study, space, budget, epochs, run
         self.measure, self.log = measure, log
         self.costs = costs or Costs(budget, ("accuracy", "flops"), None, measure, log)
-        # the proxy phase's end (time.time()): proposing stops there, as Tune's time budget cannot interrupt a
-        # suggest() that rejects candidate after candidate (each latency prediction can take seconds)
+        # when the proxy phase ends (time.time(), asked anew each time: nas._confirm.ConfirmReserve moves it):
+        # proposing stops there, as the stopper that ends Tune's experiment cannot interrupt a suggest() that
+        # rejects candidate after candidate (each latency prediction can take seconds)
         self.deadline = deadline
         self.references = list(references)  # trained first, then the sampler takes over
         # arch -> the record of its training (or of its rejection) in this run: never trained or counted twice
@@ -75,8 +76,8 @@ class BudgetSearcher(Searcher):
             name, arch = self.references.pop(0)
             return self._launch(trial_id, arch, None, reference=name)
         while self.rejected < MAX_REJECTIONS and self.duplicates < MAX_DUPLICATES and not self._latency_hopeless():
-            if self.deadline is not None and time.time() >= self.deadline:
-                return None  # nothing now: Tune's time budget ends the session
+            if self.deadline is not None and time.time() >= self.deadline():
+                return None  # nothing now: the deadline's stopper ends the session
             otrial = self.study.ask()
             arch = self.space.sample(otrial)
             if self._duplicate(otrial, arch):

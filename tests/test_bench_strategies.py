@@ -81,3 +81,31 @@ def test_a_run_waits_while_the_pause_file_exists(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench.time, "sleep", sleep)
     bench._wait_while_paused(pause)
     assert len(polls) == 3 and not pause.exists()
+
+
+def test_the_reserve_report_pairs_the_arms_by_seed_and_counts_unconfirmed_picks(bench, monkeypatch):
+    """``benchmarks/bench_reserve.py``: estimated against fixed on the seeds both ran, a pick that lost a seed
+    left out of the pick's accuracy only, and the confirmation's duration over its estimate."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bench_search", bench)  # what the script imports beside it
+    spec = importlib.util.spec_from_file_location("bench_reserve", ROOT / "benchmarks" / "bench_reserve.py")
+    reserve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reserve)
+
+    def run(arm, seed, trained, pick, complete=True, estimate=None, confirm=None):
+        r = row("random", seed, hv=0.2, proxy=0.3, pick=pick, completed=trained, stopped=0, budget=240.0)
+        return {**r, "arm": arm, "pick_complete": complete, "proxy_phase_s": 150.0, "wall_s": 200.0,
+                "estimate_s": estimate, "confirm_s": confirm}
+
+    rows = [run("fixed", 0, 10, 0.30), run("estimated", 0, 13, 0.31, estimate=50, confirm=40),
+            run("fixed", 1, 12, 0.32), run("estimated", 1, 20, 0.35, complete=False, estimate=40, confirm=20),
+            run("estimated", 2, 30, 0.40, estimate=60, confirm=30)]  # seed 2: no fixed run to pair with
+    lines = reserve.report(rows)
+    trained = paired_line(lines, "3 seeds", "trained", "estimated")
+    assert "n  3" in trained and f"vs fixed (2 seeds) {np.median([13 - 10, 20 - 12]):+.4f}" in trained
+    pick = paired_line(lines, "3 seeds", "pick confirmed", "estimated")
+    assert "n  2" in pick and f"vs fixed (1 seeds) {0.31 - 0.30:+.4f}" in pick  # seed 1 lost a seed
+    assert "  estimated: pick confirmed by both seeds in 2 of 3 runs" in lines
+    ratios = sorted([40 / 50, 20 / 40, 30 / 60])
+    assert (f"median {np.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} over 3 runs") in lines[-1]

@@ -448,7 +448,7 @@ def test_the_searcher_stops_proposing_at_the_deadline(tmp_path):
             raise AssertionError("asked past the deadline")
 
     late = BudgetSearcher(study=Study(), space=load_space("hybrid"), budget=10**9, epochs=2,
-                          run=RunDir(tmp_path / "run"), measure=lambda arch: (0, 0), deadline=time.time() - 1)
+                          run=RunDir(tmp_path / "run"), measure=lambda arch: (0, 0), deadline=lambda: time.time() - 1)
     assert late.suggest("t1") is None and Study.asked == 0
 
 

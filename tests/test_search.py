@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -402,7 +403,9 @@ def test_export_of_a_real_run(finished_run, tmp_path):
 def confirmed_run(workdir, local_ray):
     # the front can vary a little from run to run (with another sampler, proposals depend on which trial ends
     # first); the tests derive the candidates from the records (two or three on the front, as seen here)
-    result = search_cli(*small_args(workdir, "--trials", "4", "--name", "confirmed", "--no-early-stop", confirm=2))
+    # a time budget far above what it takes: the confirmation's reserve is estimated, never reached
+    result = search_cli(*small_args(workdir, "--trials", "4", "--name", "confirmed", "--no-early-stop",
+                                    "--time-budget", "30m", confirm=2))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir / "runs" / "confirmed", result
 
@@ -439,6 +442,20 @@ def test_confirm_retrains_the_top_of_the_front_with_two_seeds(confirmed_run, wor
         assert r["epochs"] == 2 and r["accuracy"] == r["accuracies"][-1] and r["error"] is None
     assert (run / "ray" / "session-1-confirm").is_dir()
     assert "Confirmed (256 images x 2 epochs" in result.stdout and "recommended pick (*)" in result.stdout
+
+
+def test_under_a_time_budget_the_confirmation_is_estimated_from_the_top_candidates(confirmed_run):
+    """The proxy phase keeps CONFIRM_SHARE of the 30 minutes until a candidate completes, then the estimate
+    over the candidates' records (``confirmation_estimate_s``: the top 2, twice the images, the run's slots)."""
+    from nas._confirm import CONFIRM_SHARE, confirmation_estimate_s
+
+    run, _ = confirmed_run
+    completed = [r for r in records(run) if r["status"] == "completed"]
+    log = (run / "search.log").read_text()
+    n_slots = int(re.search(r"\((\d+) at a time", log).group(1))
+    assert f"the confirmation's share ({CONFIRM_SHARE * 30:.1f} min until a candidate completes" in log
+    want = confirmation_estimate_s(completed, 80e6, 2, references=False, seed=0, slots=n_slots, data_factor=2.0)
+    assert f"confirmation estimated at {want:.0f} s from the top candidates' training times" in log
 
 
 def test_confirmed_pick_is_the_best_mean(confirmed_run):
