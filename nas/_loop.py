@@ -286,8 +286,8 @@ def search(config: SearchConfig, *, run: RunDir, resume: bool = False, storage: 
         log(f"  training {remaining} candidates ({n_slots} at a time, {cpus_per_trial:g} CPU"
             f"{f', {gpus_per_trial:g} GPU' if gpus_per_trial else ''} each), {config.epochs} epochs, "
             f"ASHA {'on' if config.early_stop else 'off'}"
-            + (f"; until the time budget less the confirmation's share ({reserve.reserve_s() / 60:.1f} min "
-               "until a candidate completes, then the estimate from its training time)" if reserve else ""))
+            + (f"; {reserve.reserve_s() / 60:.1f} min of the time budget kept for the confirmation until a "
+               "candidate completes, then what it is estimated to need" if reserve else ""))
         try:
             tuner.fit()
             if reserve is not None and reserve.estimated is not None:

@@ -453,7 +453,7 @@ def test_under_a_time_budget_the_confirmation_is_estimated_from_the_top_candidat
     completed = [r for r in records(run) if r["status"] == "completed"]
     log = (run / "search.log").read_text()
     n_slots = int(re.search(r"\((\d+) at a time", log).group(1))
-    assert f"the confirmation's share ({CONFIRM_SHARE * 30:.1f} min until a candidate completes" in log
+    assert f"; {CONFIRM_SHARE * 30:.1f} min of the time budget kept for the confirmation until a candidate" in log
     want = confirmation_estimate_s(completed, 80e6, 2, references=False, seed=0, slots=n_slots, data_factor=2.0)
     assert f"confirmation estimated at {want:.0f} s from the top candidates' training times" in log
 
