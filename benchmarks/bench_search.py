@@ -17,7 +17,7 @@ command's, and 60) and seed (0..7), one search of the default space under 4.5 GF
 images per epoch) from 2 seeds. Seed s is the data split, the proxies' seed and the sampler's seed, the same for
 every sampler: the runs are paired. The proxy fidelity is ``STRATEGY_FIDELITY`` ("quarter-data"): the default proxy
 (width x0.25, 32 px, batch 64, lr 3e-3, 4 epochs, ASHA from epoch 2) on 512 images per epoch instead of 1536.
-Measured on 2 cores, a 20-trial run takes a median 4 min (3-8) when nothing else runs and a 60-trial run 9-13 min,
+Measured on 2 cores, a 20-trial run takes a median 4 min (3-8) when nothing else runs and a 60-trial run 9-15 min,
 so the 64 runs need about 9 h: more than the few hours the issue asked for, run across sessions (``--trials 20``
 first, so the 20-candidate comparison completed early). The space is the default space frozen when the comparison
 began (``STRATEGY_SPACE``), and each row names the commit that trained it. Why it should transfer to the default:
@@ -480,8 +480,6 @@ def strategies_report(rows: list[dict]) -> list[str]:
     """Per schedule, budget and sampler: each quantity's median over seeds with a bootstrap 90 % interval of
     the median, and the median of the paired differences from random (same seed) with its interval. Where
     both timed schedules ran, Hyperband's paired difference from ASHA, per sampler."""
-    line = median_line
-
     def values(group: list[dict], key: str, **match) -> dict:
         get = _trained if key == "trained" else (lambda r: r[key])
         return {r["seed"]: get(r) for r in group if all(r[k] == v for k, v in match.items())
@@ -504,7 +502,7 @@ def strategies_report(rows: list[dict]) -> list[str]:
                 out.append(f"  {key}")
                 base = values(group, key, sampler="random")
                 for sampler in samplers_in(group):
-                    text = line(sampler, values(group, key, sampler=sampler),
+                    text = median_line(sampler, values(group, key, sampler=sampler),
                                 None if sampler == "random" else base, "random")
                     if text:
                         out.append(text)
@@ -519,7 +517,7 @@ def strategies_report(rows: list[dict]) -> list[str]:
                 out.append(f"  {key}")
                 base = values(group, key, sampler=sampler, schedule="asha-timed")
                 for schedule in SCHEDULES:
-                    text = line(schedule, values(group, key, sampler=sampler, schedule=schedule),
+                    text = median_line(schedule, values(group, key, sampler=sampler, schedule=schedule),
                                 base if schedule == "hyperband" else None, "asha-timed")
                     if text:
                         out.append(text)

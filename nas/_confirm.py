@@ -36,7 +36,9 @@ CONFIRM_DATA_FACTOR = 2
 # time budget is kept for it; from then on, the estimate (confirmation_estimate_s), at most RESERVE_MAX of it.
 CONFIRM_SHARE = 0.35
 RESERVE_MAX = 0.5
-CONFIRM_START_S = 5.0  # starting the confirmation's Ray Tune experiment, before its first training begins
+# starting the confirmation's Ray Tune experiment, with some margin: the README's demo run spent about 3 s of its
+# 14-s confirmation (two waves of 5.3 and 6.1 s of training, its log counts whole seconds) outside the trainings
+CONFIRM_START_S = 5.0
 SEEDS = 2  # the run's seed and the next one
 
 
@@ -69,14 +71,20 @@ def _candidates(records: list[dict[str, Any]], budget: float | None, k: int, ref
     return list({r["trial_id"]: r for r in top + refs}.values())  # a reference on the top of the front once
 
 
+def _done(records: list[dict[str, Any]], retry_failed: bool = False) -> set[tuple[Any, int]]:
+    """The (candidate, seed) trainings that need no confirmation job: recorded ``confirmed``, or ``failed``
+    (it would fail again) unless ``retry_failed``."""
+    ended = ("confirmed",) if retry_failed else ("confirmed", "failed")
+    return {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
+
+
 def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *, references: bool,
                  seed: int, retry_failed: bool = False, latency_budget_ms: float | None = None,
                  objectives: tuple[str, ...] = ("accuracy", "flops")) -> list[dict[str, Any]]:
     """The (candidate, seed) trainings still to do, best proxy accuracy first: the top ``k`` of the front
     within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it.
     A training recorded ``failed`` is done too (it would fail again), unless ``retry_failed``."""
-    ended = ("confirmed",) if retry_failed else ("confirmed", "failed")
-    done = {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
+    done = _done(records, retry_failed)
     return [{"confirms": r["trial_id"], "reference": r.get("reference"), "seed": s, "arch": r["arch"],
              "flops": r["flops"], "params": r["params"],
              **({"latency_ms": r["latency_ms"]} if r.get("latency_ms") is not None else {})}
@@ -113,10 +121,10 @@ def confirmation_estimate_s(records: list[dict[str, Any]], budget: float | None,
     if not top:
         return None
     cost = {r["trial_id"]: job_seconds(r, data_factor) for r in top}
-    jobs = confirm_jobs(records, budget, k, references=references, seed=seed, latency_budget_ms=latency_budget_ms,
-                        objectives=objectives)
+    done = _done(records)
+    jobs = [cost[r["trial_id"]] for r in top for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
     missing = k - sum(1 for r in top if not r.get("reference"))
-    costs = [cost[j["confirms"]] for j in jobs] + [statistics.median(cost.values())] * (missing * SEEDS)
+    costs = jobs + [statistics.median(cost.values())] * (missing * SEEDS)
     return CONFIRM_START_S + makespan(costs, slots)
 
 
