@@ -38,6 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .arch import Arch
 from .space import Space
 
+__all__ = ["EvolutionSampler", "NSGAIISampler", "mutate", "nondominated_ranks", "crowding_distances"]
+
 
 class NSGAIISampler(optuna.samplers.NSGAIISampler):
     """Optuna's NSGA-II, made picklable. Ray Tune pickles the searcher, sampler included, into its experiment
@@ -54,7 +56,6 @@ class NSGAIISampler(optuna.samplers.NSGAIISampler):
         self.__dict__.update(state)
         self._thread_lock = threading.Lock()
 
-__all__ = ["EvolutionSampler", "NSGAIISampler", "mutate", "nondominated_ranks", "crowding_distances"]
 
 SELECTIONS = ("accuracy", "pareto")
 MUTATIONS = ("op", "width", "depth", "param")
