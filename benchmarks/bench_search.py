@@ -17,9 +17,9 @@ command's, and 60) and seed (0..7), one search of the default space under 4.5 GF
 images per epoch) from 2 seeds. Seed s is the data split, the proxies' seed and the sampler's seed, the same for
 every sampler: the runs are paired. The proxy fidelity is ``STRATEGY_FIDELITY`` ("quarter-data"): the default proxy
 (width x0.25, 32 px, batch 64, lr 3e-3, 4 epochs, ASHA from epoch 2) on 512 images per epoch instead of 1536.
-Measured on 2 cores, a 20-trial run takes a median 4 min (3-8) when nothing else runs and a 60-trial run 9-15 min,
-so the 64 runs need about 9 h: more than the few hours the issue asked for, run across sessions (``--trials 20``
-first, so the 20-candidate comparison completed early). The space is the default space frozen when the comparison
+Measured on 2 cores, a 20-trial run takes a median 4 min (3-8) when nothing else runs and a 60-trial run 7-16 min
+(up to 21 beside other work), so the 64 runs need about 9 h: more than the few hours the issue asked for, run
+across sessions (``--trials 20`` first, so the 20-candidate comparison completed early). The space is the default space frozen when the comparison
 began (``STRATEGY_SPACE``), and each row names the commit that trained it. Why it should transfer to the default:
 the samplers see the same space, budget, epochs and early-stopping schedule, and the confirmation rung is the
 default's, relative to the proxy; only the proxy's noise grows with fewer images, which hides differences rather

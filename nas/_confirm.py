@@ -71,11 +71,13 @@ def _candidates(records: list[dict[str, Any]], budget: float | None, k: int, ref
     return list({r["trial_id"]: r for r in top + refs}.values())  # a reference on the top of the front once
 
 
-def _done(records: list[dict[str, Any]], retry_failed: bool = False) -> set[tuple[Any, int]]:
-    """The (candidate, seed) trainings that need no confirmation job: recorded ``confirmed``, or ``failed``
-    (it would fail again) unless ``retry_failed``."""
+def _pending(candidates: list[dict[str, Any]], records: list[dict[str, Any]], seed: int,
+             retry_failed: bool = False) -> list[tuple[dict[str, Any], int]]:
+    """The (candidate, seed) trainings still to do, in ``candidates``' order, for the run's seed and the next
+    ones: those without a record ``confirmed``, or ``failed`` (it would fail again) unless ``retry_failed``."""
     ended = ("confirmed",) if retry_failed else ("confirmed", "failed")
-    return {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
+    done = {(r["confirms"], r["seed"]) for r in records if "confirms" in r and r["status"] in ended}
+    return [(r, s) for r in candidates for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
 
 
 def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *, references: bool,
@@ -84,12 +86,11 @@ def confirm_jobs(records: list[dict[str, Any]], budget: float | None, k: int, *,
     """The (candidate, seed) trainings still to do, best proxy accuracy first: the top ``k`` of the front
     within the budget (ties: fewer FLOPs), then with ``references`` every reference completed within it.
     A training recorded ``failed`` is done too (it would fail again), unless ``retry_failed``."""
-    done = _done(records, retry_failed)
+    top = _candidates(records, budget, k, references, latency_budget_ms, objectives)
     return [{"confirms": r["trial_id"], "reference": r.get("reference"), "seed": s, "arch": r["arch"],
              "flops": r["flops"], "params": r["params"],
              **({"latency_ms": r["latency_ms"]} if r.get("latency_ms") is not None else {})}
-            for r in _candidates(records, budget, k, references, latency_budget_ms, objectives)
-            for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
+            for r, s in _pending(top, records, seed, retry_failed)]
 
 
 def job_seconds(candidate: dict[str, Any], data_factor: float) -> float:
@@ -121,10 +122,9 @@ def confirmation_estimate_s(records: list[dict[str, Any]], budget: float | None,
     if not top:
         return None
     cost = {r["trial_id"]: job_seconds(r, data_factor) for r in top}
-    done = _done(records)
-    jobs = [cost[r["trial_id"]] for r in top for s in range(seed, seed + SEEDS) if (r["trial_id"], s) not in done]
     missing = k - sum(1 for r in top if not r.get("reference"))
-    costs = jobs + [statistics.median(cost.values())] * (missing * SEEDS)
+    costs = ([cost[r["trial_id"]] for r, _ in _pending(top, records, seed)]
+             + [statistics.median(cost.values())] * (missing * SEEDS))
     return CONFIRM_START_S + makespan(costs, slots)
 
 
