@@ -725,7 +725,7 @@ def hypervolume_line(analysis: dict[str, Any], name_objectives: bool = False) ->
 def _print_run(run: RunDir, analysis: dict[str, Any], budget: float | None) -> None:
     s = analysis["by_status"]
     print(f"{run.path}: {budget_text(analysis)}; {s['completed']} completed, {s['stopped']} stopped early, "
-          f"{s['infeasible']} rejected for the budget, {s['failed']} failed"
+          f"{s['infeasible']} rejected for the budget or the space's constraints, {s['failed']} failed"
           + (f", {s['confirmed']} confirmation trainings" if s["confirmed"] else ""))
     if not analysis["front"]:
         print("no completed trial yet: the front is empty")
