@@ -18,24 +18,25 @@ images per epoch) from 2 seeds. Seed s is the data split, the proxies' seed and 
 every sampler: the runs are paired. The proxy fidelity is ``STRATEGY_FIDELITY`` ("quarter-data"): the default proxy
 (width x0.25, 32 px, batch 64, lr 3e-3, 4 epochs, ASHA from epoch 2) on 512 images per epoch instead of 1536.
 Measured on 2 cores, a 20-trial run takes a median 4 min (3-8) when nothing else runs and a 60-trial run 7-16 min
-(up to 21 beside other work), so the 64 runs need about 9 h: more than the few hours the issue asked for, run
-across sessions (``--trials 20`` first, so the 20-candidate comparison completed early). The space is the default space frozen when the comparison
-began (``STRATEGY_SPACE``), and each row names the commit that trained it. Why it should transfer to the default:
-the samplers see the same space, budget, epochs and early-stopping schedule, and the confirmation rung is the
-default's, relative to the proxy; only the proxy's noise grows with fewer images, which hides differences rather
-than inventing them, so a difference found here is no artefact of the cheaper proxy, while "none beats random"
-holds for a proxy this noisy (docs/benchmarks.md measures how noisy). Each finished run is one line of
-``--results`` (JSONL); a rerun skips the (sampler, trials, seed, schedule) runs it holds, so the comparison resumes
-after an interruption (the run cut off starts again). The report: per sampler and budget, hypervolume, best proxy
-accuracy within the budget and the pick's confirmed accuracy, each as the median over seeds with a bootstrap 90 %
-interval, and the median paired difference from random with its interval. ``--schedule`` compares the schedules
-instead: for each (sampler, seed), one run with ASHA as today (``asha-timed``) and one Hyperband-style run (Ray's
-ASHA with ``HYPERBAND_BRACKETS`` brackets and a first rung after 1 epoch: more candidates at a cheaper first rung),
-each with ``--schedule-seconds`` of wall time (its confirmation's share included) and up to 3x the candidates, so
-both train what they can in the same time; the report adds Hyperband's paired difference from ASHA. (Matching
-Hyperband to a count-bound ASHA run's wall would not be fair: that wall includes its own confirmation and whatever
-else ran on the machine.) While ``RESULTS.pause`` exists, the next run waits, so that tests or timings can take the
-machine between runs. The CIFAR-10 JPEGs (``../shared/data/cifar-10-jpeg.tar.gz``) are extracted once to
+(up to 21 beside other work), so the 64 runs need about 9 h: more than the few hours the issue asked for, run across
+sessions (``--trials 20`` first, so the 20-candidate comparison completed early). The space is the default space
+frozen when the comparison began (``STRATEGY_SPACE``), and each row names the commit that trained it. Why it should
+transfer to the default: the samplers see the same space, budget, epochs and early-stopping schedule, and the
+confirmation rung is the default's, relative to the proxy; only the proxy's noise grows with fewer images, which
+hides differences rather than inventing them, so a difference found here is no artefact of the cheaper proxy, while
+"none beats random" holds for a proxy this noisy (docs/benchmarks.md measures how noisy). Each finished run is one
+line of ``--results`` (JSONL); a rerun skips the (sampler, trials, seed, schedule) runs it holds, so the comparison
+resumes after an interruption (the run cut off starts again). The report: per sampler and budget, hypervolume, best
+proxy accuracy within the budget and the pick's confirmed accuracy, each as the median over seeds with a bootstrap
+90 % interval, and the median paired difference from random with its interval; then each sampler's 60-candidate runs
+against its 20-candidate ones, paired by seed (what tripling the candidates buys). ``--schedule`` compares the
+schedules instead: for each (sampler, seed), one run with ASHA as today (``asha-timed``) and one Hyperband-style run
+(Ray's ASHA with ``HYPERBAND_BRACKETS`` brackets and a first rung after 1 epoch: more candidates at a cheaper first
+rung), each with ``--schedule-seconds`` of wall time (its confirmation's share included) and up to 3x the
+candidates, so both train what they can in the same time; the report adds Hyperband's paired difference from ASHA.
+(Matching Hyperband to a count-bound ASHA run's wall would not be fair: that wall includes its own confirmation and
+whatever else ran on the machine.) While ``RESULTS.pause`` exists, the next run waits, so that tests or timings can
+take the machine between runs. The CIFAR-10 JPEGs (``../shared/data/cifar-10-jpeg.tar.gz``) are extracted once to
 ``--cifar-dir`` (outside the project) and read as ``imagefolder:DIR/train``; their accuracies are slightly below
 those on CIFAR-10's binary distribution (quality-75 JPEG re-encodings).
 """
@@ -455,9 +456,10 @@ def _trained(row: dict) -> int:
     return row["by_status"].get("completed", 0) + row["by_status"].get("stopped", 0)
 
 
-def median_line(label: str, own: dict, base: dict | None, versus: str) -> str | None:
+def median_line(label: str, own: dict, base: dict | None, versus: str, unit: str = "seeds") -> str | None:
     """``own`` (seed -> value) as its median with a bootstrap 90 % interval, then the median of its paired
-    differences from ``base`` (seed -> value) over their common seeds, with its interval; None when empty."""
+    differences from ``base`` (seed -> value) over their common seeds (``unit`` names them), with its interval;
+    None when empty."""
     import numpy as np
 
     from nas.stats import bootstrap_interval
@@ -472,14 +474,15 @@ def median_line(label: str, own: dict, base: dict | None, versus: str) -> str | 
         a = np.array([own[s] for s in common], dtype=float)
         b = np.array([base[s] for s in common], dtype=float)
         dlo, dhi = bootstrap_interval(lambda a, b: float(np.median(a - b)), a, b)
-        text += f"   vs {versus} ({len(common)} seeds) {np.median(a - b):+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
+        text += f"   vs {versus} ({len(common)} {unit}) {np.median(a - b):+.4f} [{dlo:+.4f}, {dhi:+.4f}]"
     return text
 
 
 def strategies_report(rows: list[dict]) -> list[str]:
     """Per schedule, budget and sampler: each quantity's median over seeds with a bootstrap 90 % interval of
-    the median, and the median of the paired differences from random (same seed) with its interval. Where
-    both timed schedules ran, Hyperband's paired difference from ASHA, per sampler."""
+    the median, and the median of the paired differences from random (same seed) with its interval; where
+    a schedule ran at several budgets of candidates, each sampler's most against its fewest, paired by seed.
+    Where both timed schedules ran, Hyperband's paired difference from ASHA, per sampler."""
     def values(group: list[dict], key: str, **match) -> dict:
         get = _trained if key == "trained" else (lambda r: r[key])
         return {r["seed"]: get(r) for r in group if all(r[k] == v for k, v in match.items())
@@ -506,6 +509,23 @@ def strategies_report(rows: list[dict]) -> list[str]:
                                 None if sampler == "random" else base, "random")
                     if text:
                         out.append(text)
+        counts = sorted({r["trials"] for r in counted if r["schedule"] == schedule})
+        if len(counts) > 1:  # what more candidates buy, per sampler: the most trained against the fewest
+            few, many = counts[0], counts[-1]
+            group = [r for r in counted if r["schedule"] == schedule]
+            out.append(f"\n{schedule}, {many} against {few} trained candidates, per sampler (median over seeds "
+                       f"[90 % interval]; paired difference from {few} [90 % interval])")
+            for key in keys:
+                out.append(f"  {key}")
+                for sampler in samplers_in(group):
+                    text = median_line(sampler, values(group, key, sampler=sampler, trials=many),
+                                       values(group, key, sampler=sampler, trials=few), str(few))
+                    if text:
+                        out.append(text)
+                pooled = [{(s, seed): v for s in samplers_in(group)  # every (sampler, seed) pair at once
+                           for seed, v in values(group, key, sampler=s, trials=t).items()} for t in (many, few)]
+                if len(samplers_in(group)) > 1:
+                    out.append(median_line("pooled", *pooled, str(few), "sampler-seed pairs"))
     timed = [r for r in rows if r["schedule"] in SCHEDULES]  # the schedule comparison (time-bound runs)
     for trials in sorted({r["trials"] for r in timed}):
         group = [r for r in timed if r["trials"] == trials]

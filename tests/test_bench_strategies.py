@@ -1,5 +1,6 @@
 """The strategies benchmark's bookkeeping (``benchmarks/bench_search.py strategies``), without training: its report
-pairs runs by seed (a sampler against random, Hyperband against ASHA at equal wall time), leaves out a run
+pairs runs by seed (a sampler against random, more candidates against fewer, Hyperband against ASHA at equal
+wall time), leaves out a run
 without a confirmed pick from that quantity only, and a run waits while the results file's ``.pause`` exists."""
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def bench():
     return module
 
 
-def row(sampler, seed, schedule="asha", *, hv, proxy, pick, completed=10, stopped=5, budget=None):
-    return {"sampler": sampler, "trials": 20, "seed": seed, "schedule": schedule, "hypervolume": hv,
+def row(sampler, seed, schedule="asha", *, hv, proxy, pick, completed=10, stopped=5, budget=None, trials=20):
+    return {"sampler": sampler, "trials": trials, "seed": seed, "schedule": schedule, "hypervolume": hv,
             "best_proxy": proxy, "pick_confirmed": pick, "time_budget_s": budget,
             "by_status": {"completed": completed, "stopped": stopped, "infeasible": 7}}
 
@@ -48,6 +49,27 @@ def test_a_sampler_is_paired_with_random_on_the_seeds_both_ran(bench):
     assert f"{np.median(tpe_hv):.4f}" in line
     # the paired difference only over the 5 seeds random ran too
     assert f"vs random (5 seeds) {np.median(tpe_hv[:5] - random_hv):+.4f}" in line, line
+
+
+def test_more_candidates_are_paired_with_fewer_per_sampler_on_the_seeds_both_ran(bench):
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.30, 0.36, 4), rng.uniform(0.32, 0.38, 3)
+    rows = [row(sampler, s, hv=0.2, proxy=0.3, pick=few[s] + shift, trials=20)
+            for s in range(4) for sampler, shift in (("random", 0.0), ("tpe", 0.01))]
+    rows += [row(sampler, s, hv=0.2, proxy=0.3, pick=many[s] + shift, trials=60)
+             for s in range(3) for sampler, shift in (("random", 0.0), ("tpe", 0.05))]
+    lines = bench.strategies_report(rows)
+    header = "asha, 60 against 20 trained candidates, per sampler"
+    for sampler, gain in (("random", 0.0), ("tpe", 0.04)):  # each sampler against its own 20-candidate runs
+        line = paired_line(lines, header, "pick_confirmed", sampler)
+        assert re.search(r"n\s+3\s", line), line
+        assert f"vs 20 (3 seeds) {np.median(many - few[:3]) + gain:+.4f}" in line, line  # seed 3: no 60 run
+    pooled = paired_line(lines, header, "pick_confirmed", "pooled")  # both samplers' 3 pairs in one median
+    both = np.concatenate([many - few[:3], many - few[:3] + 0.04])
+    assert f"vs 20 (6 sampler-seed pairs) {np.median(both):+.4f}" in pooled, pooled
+    assert paired_line(lines, "asha, 20 trained candidates", "pick_confirmed", "tpe")  # the per-budget blocks stay
+    assert paired_line(lines, "asha, 60 trained candidates", "pick_confirmed", "tpe")
+    assert not any("60 against 20" in line for line in bench.strategies_report([r for r in rows if r["trials"] == 20]))
 
 
 def test_hyperband_is_paired_with_asha_at_equal_wall_time_and_a_lost_pick_leaves_only_that_quantity(bench):
