@@ -491,56 +491,50 @@ def strategies_report(rows: list[dict]) -> list[str]:
     def samplers_in(group: list[dict]) -> list[str]:
         return [s for s in STRATEGY_SAMPLERS if any(r["sampler"] == s for r in group)]
 
+    def block(header: str, keys: tuple[str, ...], lines_of) -> list[str]:
+        """A report block: its header, then per quantity its name and ``lines_of(key)``'s lines (None: no
+        value to report)."""
+        return [f"\n{header}"] + [line for key in keys for line in [f"  {key}", *lines_of(key)] if line]
+
     keys = ("hypervolume", "best_proxy", "pick_confirmed")
     out = []
     counted = [r for r in rows if r["schedule"] not in SCHEDULES]  # the sampler comparison (count-bound runs)
     for schedule in sorted({r["schedule"] for r in counted}):
-        for trials in sorted({r["trials"] for r in counted}):
-            group = [r for r in counted if r["schedule"] == schedule and r["trials"] == trials]
-            if not group:
-                continue
-            out.append(f"\n{schedule}, {trials} trained candidates (median over seeds [90 % interval]; paired "
-                       f"difference from random [90 % interval])")
-            for key in keys:
-                out.append(f"  {key}")
-                base = values(group, key, sampler="random")
-                for sampler in samplers_in(group):
-                    text = median_line(sampler, values(group, key, sampler=sampler),
-                                None if sampler == "random" else base, "random")
-                    if text:
-                        out.append(text)
-        counts = sorted({r["trials"] for r in counted if r["schedule"] == schedule})
+        at = [r for r in counted if r["schedule"] == schedule]
+        samplers = samplers_in(at)
+        counts = sorted({r["trials"] for r in at})
+        for trials in counts:
+            group = [r for r in at if r["trials"] == trials]
+            out += block(f"{schedule}, {trials} trained candidates (median over seeds [90 % interval]; paired "
+                         f"difference from random [90 % interval])", keys,
+                         lambda key: [median_line(sampler, values(group, key, sampler=sampler),
+                                                  None if sampler == "random" else values(group, key, sampler="random"),
+                                                  "random") for sampler in samplers_in(group)])
         if len(counts) > 1:  # what more candidates buy, per sampler: the most trained against the fewest
             few, many = counts[0], counts[-1]
-            group = [r for r in counted if r["schedule"] == schedule]
-            out.append(f"\n{schedule}, {many} against {few} trained candidates, per sampler (median over seeds "
-                       f"[90 % interval]; paired difference from {few} [90 % interval])")
-            for key in keys:
-                out.append(f"  {key}")
-                for sampler in samplers_in(group):
-                    text = median_line(sampler, values(group, key, sampler=sampler, trials=many),
-                                       values(group, key, sampler=sampler, trials=few), str(few))
-                    if text:
-                        out.append(text)
-                pooled = [{(s, seed): v for s in samplers_in(group)  # every (sampler, seed) pair at once
-                           for seed, v in values(group, key, sampler=s, trials=t).items()} for t in (many, few)]
-                if len(samplers_in(group)) > 1:
-                    out.append(median_line("pooled", *pooled, str(few), "sampler-seed pairs"))
+
+            def against_few(key: str) -> list[str | None]:
+                by = {(s, t): values(at, key, sampler=s, trials=t) for s in samplers for t in (few, many)}
+                lines = [median_line(s, by[s, many], by[s, few], str(few)) for s in samplers]
+                if len(samplers) > 1:  # every (sampler, seed) pair at once
+                    pooled = [{(s, seed): v for s in samplers for seed, v in by[s, t].items()} for t in (many, few)]
+                    lines.append(median_line("pooled", *pooled, str(few), "sampler-seed pairs"))
+                return lines
+
+            out += block(f"{schedule}, {many} against {few} trained candidates, per sampler (median over seeds "
+                         f"[90 % interval]; paired difference from {few} [90 % interval])", keys, against_few)
     timed = [r for r in rows if r["schedule"] in SCHEDULES]  # the schedule comparison (time-bound runs)
     for trials in sorted({r["trials"] for r in timed}):
         group = [r for r in timed if r["trials"] == trials]
         walls = ", ".join(f"{t:g}" for t in sorted({r["time_budget_s"] for r in group}))
         for sampler in samplers_in(group):
-            out.append(f"\nhyperband against asha at equal wall time ({walls} s each, up to {3 * trials} "
-                       f"candidates), sampler {sampler} (paired difference from asha-timed [90 % interval])")
-            for key in keys + ("trained",):
-                out.append(f"  {key}")
-                base = values(group, key, sampler=sampler, schedule="asha-timed")
-                for schedule in SCHEDULES:
-                    text = median_line(schedule, values(group, key, sampler=sampler, schedule=schedule),
-                                base if schedule == "hyperband" else None, "asha-timed")
-                    if text:
-                        out.append(text)
+            out += block(f"hyperband against asha at equal wall time ({walls} s each, up to {3 * trials} "
+                         f"candidates), sampler {sampler} (paired difference from asha-timed [90 % interval])",
+                         keys + ("trained",),
+                         lambda key: [median_line(schedule, values(group, key, sampler=sampler, schedule=schedule),
+                                                  values(group, key, sampler=sampler, schedule="asha-timed")
+                                                  if schedule == "hyperband" else None, "asha-timed")
+                                      for schedule in SCHEDULES])
     return out
 
 

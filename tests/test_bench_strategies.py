@@ -1,7 +1,7 @@
 """The strategies benchmark's bookkeeping (``benchmarks/bench_search.py strategies``), without training: its report
 pairs runs by seed (a sampler against random, more candidates against fewer, Hyperband against ASHA at equal
-wall time), leaves out a run
-without a confirmed pick from that quantity only, and a run waits while the results file's ``.pause`` exists."""
+wall time), leaves out a run without a confirmed pick from that quantity only, and a run waits while the results
+file's ``.pause`` exists."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """ONNX: every operator of the catalog, in deploy form, converts with ``nas.export``'s own ``torch.onnx.export``
 call (dynamic batch dimension) and gives PyTorch's outputs in ONNX Runtime, at the shapes a search produces; the
 failing pick of a default search exports through ``nas.export._export_programs``; and ``PatchDown`` at strides
-other than 2. By default each operator's default variant runs at the ragged shape: the attention and hybrid
-operators one program each, the convolutions side by side in one program (on 2 cores the 9 took 25 s as one
-program each, 11 s together: an export's fixed cost dominates a small graph; when that program fails, each
-converts alone so that the failure names it). Every variant, and the tiled shape, run under ``-m slow``.
+other than 2. By default each operator's default variant runs at the ragged shape; every variant, and the tiled
+shape, run under ``-m slow``.
 
 Shapes: the attention and hybrid operators run at widths 96 and 160, 3 and 5 heads (head dim 32), and their
 bottleneck mixers at 24 and 40 channels (3 and 5 heads in attention_augmented); the convolutions at 16 to 48
@@ -29,7 +27,7 @@ from torch import nn
 
 import operators
 from nas.arch import Arch
-from nas.export import _export_programs, _onnx_export, _onnx_run, _randomize_bn, _root_cause, onnx_available
+from nas.export import _export_programs, _onnx_export, _onnx_run, _randomize_bn, onnx_available
 from nas.network import build
 from operators.convnext import PatchDown
 
@@ -54,23 +52,16 @@ def _windowed(name: str, kw: dict) -> bool:
     return "window" in spec.extents and layout == "window"
 
 
-CONVOLUTIONS = [name for name in operators.list_ops() if operators.get_spec(name).family == "conv"]
-
-
 def _cases() -> list:
-    """Every attention and hybrid operator's default at the ragged shape, each in its own program. The tiled
-    shape (windowed operators) and the other variants are part of the ``slow`` sweep (``-m slow``), which also
-    runs them at seven more shapes; Swin's tiled windows are the failing pick's below. The convolutions'
-    defaults convert together (``test_convolutions_convert_to_onnx_in_one_program_and_match``)."""
+    """Every operator's default at the ragged shape; the tiled shape (windowed operators) and the other
+    variants are part of the ``slow`` sweep (``-m slow``), which also runs them at seven more shapes. Swin's
+    tiled windows are the failing pick's below."""
     cases = []
     for name in operators.list_ops():
         for i, kw in enumerate(operators.get_spec(name).variants):
             shapes = ["ragged", "tiled"] if _windowed(name, kw) else ["ragged"]
-            for shape in shapes:
-                if i == 0 and shape == "ragged" and name in CONVOLUTIONS:
-                    continue
-                marks = (pytest.mark.slow,) if i or shape == "tiled" else ()
-                cases.append(pytest.param(name, kw, shape, marks=marks, id=_case_id(name, kw, shape)))
+            cases += [pytest.param(name, kw, shape, marks=(pytest.mark.slow,) if i or shape == "tiled" else (),
+                                   id=_case_id(name, kw, shape)) for shape in shapes]
     return cases
 
 
@@ -122,38 +113,6 @@ def test_operator_converts_to_onnx_and_matches(name, kw, shape, tmp_path):
     model = _deploy_chain(name, kw, blocks)
     example = torch.randn(2, blocks[0][1], side, side)
     _onnx_matches(model, example, tmp_path / "block.onnx")
-
-
-class SideBySide(nn.Module):
-    """Every chain on the same input, their outputs flattened and concatenated: one program for many
-    operators."""
-
-    def __init__(self, chains: list[nn.Module]):
-        super().__init__()
-        self.chains = nn.ModuleList(chains)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([chain(x).flatten(1) for chain in self.chains], dim=1)
-
-
-@needs_onnx
-def test_convolutions_convert_to_onnx_in_one_program_and_match(tmp_path):
-    """The convolutions' defaults at the ragged shape, side by side in one program; when it fails, each is
-    converted alone so that the failure names the operators."""
-    side, blocks = CONV_WIDTHS["ragged"]
-    chains = {name: _deploy_chain(name, {}, blocks) for name in CONVOLUTIONS}
-    assert len(chains) >= 9  # convnext, dynamic_conv, global_context, gnconv, mbconv, mobileone, repvgg, resnets
-    example = torch.randn(2, blocks[0][1], side, side)
-    try:
-        _onnx_matches(SideBySide(list(chains.values())).eval(), example, tmp_path / "convolutions.onnx")
-    except Exception as together:  # noqa: BLE001 (any failure: find the operators behind it)
-        alone = []
-        for name, chain in chains.items():
-            try:
-                _onnx_matches(chain, example, tmp_path / f"{name}.onnx")
-            except Exception as exc:  # noqa: BLE001
-                alone.append(f"{name}: {_root_cause(exc)}")
-        pytest.fail("; ".join(alone) or f"each converts alone, not together: {_root_cause(together)}")
 
 
 # The pick of a default search whose export failed in Swin's window attention (10 heads, 16 windows, dynamic batch).
